@@ -1,0 +1,201 @@
+"""Evaluation of a frozen backbone: feature extraction, weighted kNN, a linear probe and many/medium/few accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lt_ssl.errors import ConfigError, DataError
+
+
+def extract_features(
+    backbone: nn.Module,
+    images: Tensor,
+    mean: Sequence[float] | Tensor,
+    std: Sequence[float] | Tensor,
+    size: int | None,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Features: (N, D) float32 on `device` of images: (N, 3, H, W) uint8, in eval mode and without gradients.
+
+    Each batch is scaled to [0, 1], resized to size x size (bilinear) when size is given and differs, and
+    normalised with the per-channel mean/std. device defaults to the backbone's; bf16 autocast is used on CUDA.
+    Every submodule's train/eval mode is restored afterwards.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        got = f"{images.dtype} {tuple(images.shape)}"
+        raise DataError(f"images must be uint8 (N, 3, H, W), got {got}; re-prepare the dataset")
+    if batch_size < 1:
+        raise ConfigError(f"feature batch_size={batch_size} must be at least 1; raise it")
+    if device is None:
+        param = next(backbone.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    if bool((std_t <= 0).any()):
+        raise ConfigError(f"normalisation std {std_t.flatten().tolist()} must be positive; fix the dataset's std")
+
+    # Remember each submodule's mode: a caller may keep, say, a frozen BN in eval inside a training model.
+    modes = {m: m.training for m in backbone.modules()}
+    backbone.eval()
+    chunks = []
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            for start in range(0, images.shape[0], batch_size):
+                x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255.0)
+                if size is not None and tuple(x.shape[-2:]) != (size, size):
+                    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+                x = (x - mean_t) / std_t
+                # flatten(1) so backbones that end in (B, D, 1, 1) pooling give (B, D) too.
+                chunks.append(backbone(x).flatten(1).float())
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    if not chunks:
+        raise DataError("no images to extract features from; check the dataset split")
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def knn_predict(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Predicted classes: (M,) long for test_feats: (M, D) from train_feats: (N, D), train_labels: (N,).
+
+    Weighted kNN on cosine similarity (InstDisc; lightly and solo-learn use the same vote): each of the top-k
+    neighbours votes for its class with weight exp(sim / temperature). k is clamped to N.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"knn temperature={temperature} must be positive; use e.g. 0.1")
+    if k < 1 or chunk_size < 1:
+        raise ConfigError(f"knn k={k} and chunk_size={chunk_size} must be at least 1; raise them")
+    device = train_feats.device
+    labels = _check_labels(train_labels, train_feats.shape[0], num_classes, "train").to(device)
+    train = F.normalize(train_feats.float(), dim=1)
+    k = min(k, train.shape[0])
+    preds = []
+    for start in range(0, test_feats.shape[0], chunk_size):
+        test = F.normalize(test_feats[start : start + chunk_size].to(device).float(), dim=1)
+        sim, idx = (test @ train.T).topk(k, dim=1)  # (B, k)
+        votes = torch.zeros(test.shape[0], num_classes, device=device)
+        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=device)
+
+
+def linear_probe(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 1.0,
+    weight_decay: float = 1e-4,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Predicted classes: (M,) long from L2-regularised logistic regression on frozen features: (N, D).
+
+    Features are standardised with the training set's statistics. The convex objective is minimised with
+    full-batch L-BFGS (strong Wolfe line search, step lr) for `epochs` iterations, so the result does not
+    depend on data order; batch_size only bounds memory, the loss and gradient are summed over chunks of it.
+    weight_decay is the L2 coefficient (penalty weight_decay / 2 * ||W||^2, bias unpenalised); the seed
+    fixes the initial weights. The backbone is never touched: callers check that with assert_unchanged.
+    """
+    if epochs < 1 or lr <= 0 or weight_decay < 0:
+        got = f"epochs={epochs}, lr={lr}, weight_decay={weight_decay}"
+        raise ConfigError(f"linear probe needs epochs >= 1, lr > 0, weight_decay >= 0 (got {got}); fix them")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"linear probe batch_size={batch_size} must be at least 1, or null for full batch")
+    device = train_feats.device
+    n, dim = train_feats.shape
+    labels = _check_labels(train_labels, n, num_classes, "train").to(device)
+    x = train_feats.detach().float()
+    mu = x.mean(dim=0)
+    sigma = x.std(dim=0, unbiased=False).clamp_min(1e-6)  # constant dimensions stay 0 instead of dividing by 0
+    x = (x - mu) / sigma
+    step = n if batch_size is None else batch_size
+
+    gen = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(num_classes, dim, generator=gen) * 0.01).to(device).requires_grad_()
+    bias = torch.zeros(num_classes, device=device, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=lr, max_iter=epochs, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        total = torch.zeros((), device=device)
+        for start in range(0, n, step):
+            logits = F.linear(x[start : start + step], weight, bias)
+            loss = F.cross_entropy(logits, labels[start : start + step], reduction="sum") / n
+            loss.backward()
+            total += loss.detach()
+        penalty = 0.5 * weight_decay * weight.pow(2).sum()
+        penalty.backward()
+        return total + penalty.detach()
+
+    optimizer.step(closure)  # LBFGS.step re-enables grad inside the closure, so this also works under no_grad
+    with torch.no_grad():
+        test = (test_feats.detach().to(device).float() - mu) / sigma
+        return F.linear(test, weight, bias).argmax(dim=1)
+
+
+def state_snapshot(module: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of module's state dict, to compare against with assert_unchanged."""
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def assert_unchanged(module: nn.Module, state_before: dict[str, Tensor]) -> None:
+    """Raise AssertionError naming the first parameter or buffer of module that differs from state_before."""
+    state = module.state_dict()
+    if state.keys() != state_before.keys():
+        raise AssertionError(f"backbone state keys changed: {sorted(state.keys() ^ state_before.keys())[:5]}")
+    for name, value in state.items():
+        if not torch.equal(value.detach().cpu(), state_before[name].detach().cpu()):
+            raise AssertionError(f"frozen backbone changed during evaluation: {name} differs")
+
+
+def accuracy_report(preds: Tensor, labels: Tensor, num_classes: int, groups: dict[str, list[int]]) -> dict:
+    """{"top1", "per_class": C floats, and one accuracy per group name} for preds, labels: (M,) class ids.
+
+    A group's accuracy is the mean over the test images whose class is in the group (so classes weigh by
+    their test count); a group or class with no test images reports NaN.
+    """
+    labels = _check_labels(labels, labels.shape[0], num_classes, "test").cpu()
+    preds = preds.detach().cpu().long()
+    if preds.shape != labels.shape:
+        raise DataError(f"{preds.shape[0]} predictions for {labels.shape[0]} test labels; re-run the evaluation")
+    correct = (preds == labels).double()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    hits = torch.bincount(labels, weights=correct, minlength=num_classes)
+    report: dict = {
+        "top1": float(correct.mean()) if labels.numel() else float("nan"),
+        "per_class": (hits / counts).tolist(),  # 0/0 = NaN for classes absent from the test set
+    }
+    for name, classes in groups.items():
+        if any(not 0 <= c < num_classes for c in classes):
+            raise ConfigError(f"group {name!r} names classes outside [0, {num_classes}); fix the group split")
+        ids = torch.as_tensor(sorted(set(classes)), dtype=torch.long)
+        report[name] = float(hits[ids].sum() / counts[ids].sum())
+    return report
+
+
+def _check_labels(labels: Tensor, n: int, num_classes: int, split: str) -> Tensor:
+    labels = labels.detach().long()
+    if labels.shape != (n,):
+        raise DataError(f"{split} labels have shape {tuple(labels.shape)}, expected ({n},); re-prepare the dataset")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DataError(f"{split} labels span [{int(labels.min())}, {int(labels.max())}], outside [0, {num_classes})")
+    return labels

@@ -1,0 +1,131 @@
+"""Tests for lt_ssl.evaluate: weighted kNN against sklearn, the linear probe, group accuracy, feature extraction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.neighbors import KNeighborsClassifier
+from torch import nn
+
+from lt_ssl.errors import ConfigError, DataError
+from lt_ssl.evaluate import (
+    accuracy_report,
+    assert_unchanged,
+    extract_features,
+    knn_predict,
+    linear_probe,
+    state_snapshot,
+)
+
+
+def _blob_split(n_train: int, n_test: int, dim: int, classes: int, std: float) -> tuple[torch.Tensor, ...]:
+    x, y = make_blobs(n_samples=n_train + n_test, n_features=dim, centers=classes, cluster_std=std, random_state=0)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+@pytest.mark.parametrize(("k", "temperature"), [(20, 0.1), (5, 0.5), (10_000, 0.07)])
+def test_knn_matches_sklearn_weighted_cosine(k: int, temperature: float) -> None:
+    # Overlapping blobs so that the weighted vote, not just the nearest neighbour, decides many points.
+    train_x, train_y, test_x, _ = _blob_split(1500, 500, 16, classes=6, std=8.0)
+    preds = knn_predict(train_x, train_y, test_x, num_classes=6, k=k, temperature=temperature, chunk_size=128)
+    ref = KNeighborsClassifier(
+        n_neighbors=min(k, 1500),  # knn_predict clamps k to the training set; sklearn would refuse
+        metric="cosine",
+        algorithm="brute",
+        weights=lambda dist: np.exp((1.0 - dist) / temperature),  # cosine distance = 1 - similarity
+    ).fit(train_x.numpy(), train_y.numpy())
+    agreement = (preds.numpy() == ref.predict(test_x.numpy())).mean()
+    assert preds.dtype == torch.long and preds.shape == (500,)
+    assert agreement >= 0.99
+
+
+def test_knn_validates_inputs() -> None:
+    x, y = torch.randn(10, 4), torch.arange(10) % 3
+    with pytest.raises(ConfigError, match="temperature"):
+        knn_predict(x, y, x, 3, temperature=0.0)
+    with pytest.raises(DataError, match="outside"):
+        knn_predict(x, y + 1, x, 3)
+
+
+def test_linear_probe_separable_and_deterministic() -> None:
+    train_x, train_y, test_x, test_y = _blob_split(600, 300, 32, classes=5, std=1.5)
+    preds = linear_probe(train_x, train_y, test_x, num_classes=5, epochs=30, seed=1)
+    assert (preds == test_y).float().mean() >= 0.99
+    again = linear_probe(train_x, train_y, test_x, num_classes=5, epochs=30, seed=1)
+    assert torch.equal(preds, again)
+    # Chunking the loss only bounds memory; it is the same full-batch objective.
+    chunked = linear_probe(train_x, train_y, test_x, num_classes=5, epochs=30, seed=1, batch_size=256)
+    assert (chunked == preds).float().mean() >= 0.99
+
+
+def test_linear_probe_beats_chance_on_overlapping_classes() -> None:
+    train_x, train_y, test_x, test_y = _blob_split(1500, 500, 16, classes=6, std=8.0)
+    knn_acc = (knn_predict(train_x, train_y, test_x, 6, k=20) == test_y).float().mean()
+    probe_acc = (linear_probe(train_x, train_y, test_x, 6, epochs=30) == test_y).float().mean()
+    assert probe_acc >= 0.5 and probe_acc >= knn_acc - 0.05
+
+
+def test_accuracy_report_groups() -> None:
+    # class:   0  0  0  0  1  1  2  3
+    # correct: y  y  n  y  n  y  y  n   -> per class 3/4, 1/2, 1, 0
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3])
+    preds = torch.tensor([0, 0, 1, 0, 0, 1, 2, 0])
+    rep = accuracy_report(preds, labels, num_classes=5, groups={"many": [0], "medium": [1, 2], "few": [3, 4]})
+    assert rep["top1"] == pytest.approx(5 / 8)
+    assert rep["per_class"][:4] == pytest.approx([0.75, 0.5, 1.0, 0.0])
+    assert math.isnan(rep["per_class"][4])  # class 4 has no test images
+    assert rep["many"] == pytest.approx(3 / 4)
+    assert rep["medium"] == pytest.approx(2 / 3)  # images-weighted: (1 + 1) / (2 + 1), not (0.5 + 1) / 2
+    assert rep["few"] == pytest.approx(0.0)
+    assert math.isnan(accuracy_report(preds, labels, 5, {"none": [4]})["none"])
+    with pytest.raises(ConfigError, match="outside"):
+        accuracy_report(preds, labels, 5, {"many": [7]})
+
+
+class _Tiny(nn.Module):
+    """A BN network whose eval-mode output differs from train mode, so a missed .eval() would show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (B, 8, 1, 1): extract_features flattens it
+
+
+def test_extract_features_keeps_model_and_modes() -> None:
+    torch.manual_seed(0)
+    model = _Tiny()
+    model.train()
+    model.body[1].eval()  # a frozen BN inside a training model must stay frozen
+    before = state_snapshot(model)
+    images = torch.randint(0, 256, (10, 3, 12, 12), dtype=torch.uint8)
+    feats = extract_features(model, images, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], size=8, batch_size=4)
+    assert feats.shape == (10, 8) and feats.dtype == torch.float32
+    assert_unchanged(model, before)  # BN running stats untouched: it ran in eval mode
+    assert model.training and not model.body[1].training and model.body[0].training
+
+    model.eval()
+    x = torch.nn.functional.interpolate(images.float() / 255, size=(8, 8), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        expected = model((x - 0.5) / 0.25).flatten(1)
+    torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_extract_features_rejects_float_images() -> None:
+    with pytest.raises(DataError, match="uint8"):
+        extract_features(_Tiny(), torch.rand(2, 3, 8, 8), [0.5] * 3, [0.5] * 3, size=None)
+
+
+def test_assert_unchanged_detects_a_change() -> None:
+    model = nn.Linear(3, 2)
+    before = state_snapshot(model)
+    with torch.no_grad():
+        model.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="bias"):
+        assert_unchanged(model, before)
