@@ -1,0 +1,3 @@
+from lt_ssl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""The dataset a run trains on: train/test arrays by config, plus the long-tailed subset and groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import DataError
+from .longtail import balanced_indices, class_groups, longtail_counts, longtail_indices
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A whole dataset in memory: images uint8 (N,3,H,W), labels int64 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+
+def load_arrays(data: DataConfig, train: bool) -> Arrays:
+    """Load the configured dataset's train or test split, checked for shape and label range."""
+    if data.dataset == "digits":
+        from .digits import load_digits_images
+
+        size = data.image_size or 16
+        images, labels = load_digits_images(train=train, size=size)
+        num_classes = 10
+    else:
+        from .cifar import download_cifar, load_cifar
+        from .remote import resolve_data_root
+
+        root = resolve_data_root(data.root)
+        if data.download:
+            download_cifar(root, data.dataset)
+        images, labels = load_cifar(root, data.dataset, train=train)
+        num_classes = 10 if data.dataset == "cifar10" else 100
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
+        raise DataError(f"{data.dataset} images must be uint8 (N,3,H,W), got {images.dtype} {images.shape}")
+    if len(labels) != len(images) or labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"{data.dataset} labels must be {len(images)} ints in [0,{num_classes}); the files are corrupt")
+    return Arrays(images, labels.astype(np.int64), num_classes)
+
+
+def select_subset(data: DataConfig, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Indices of the training subset the config asks for (long-tailed, balanced-rescaled or full)."""
+    if data.subset == "full":
+        return np.arange(len(labels), dtype=np.int64)
+    lt = longtail_indices(labels, data.imbalance, data.split)
+    if data.subset == "longtail":
+        return lt
+    return balanced_indices(labels, total=len(lt), seed=data.split)
+
+
+def subset_summary(labels: np.ndarray, subset: np.ndarray, num_classes: int) -> dict:
+    """Per-class counts of the subset and the many/medium/few thirds recorded with the run."""
+    counts = np.bincount(labels[subset], minlength=num_classes).tolist()
+    return {"class_counts": counts, "groups": class_groups(counts), "size": int(len(subset))}
+
+
+__all__ = ["Arrays", "load_arrays", "select_subset", "subset_summary", "longtail_counts"]

@@ -1,0 +1,112 @@
+"""The stage contract: config written once, inputs checked, outputs recorded, _SUCCESS.json last."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from ..config import Config, config_hash, from_dict, to_yaml
+from ..errors import ConfigError, StageError
+from ..store import Store
+
+import yaml
+
+SUCCESS = "_SUCCESS.json"
+CONFIG_KEY = "config.yaml"
+
+
+def stage_prefix(stage: str, cluster: int | None = None) -> str:
+    """Where a stage writes: `<stage>/`, or `expert/<k>/` for one expert."""
+    return f"{stage}/{cluster}" if cluster is not None else stage
+
+
+def is_done(store: Store, prefix: str, chash: str) -> bool:
+    if not store.exists(f"{prefix}/{SUCCESS}"):
+        return False
+    return store.read_json(f"{prefix}/{SUCCESS}").get("config_hash") == chash
+
+
+def write_config_once(store: Store, cfg: Config) -> None:
+    """A run has one config for life; a different one for the same run URI is refused."""
+    if store.exists(CONFIG_KEY):
+        existing = read_config(store)
+        if config_hash(existing) != config_hash(cfg):
+            raise StageError(
+                f"{store.uri} already holds a run with a different config; use a new --run, or the same config and overrides to resume it")
+        return
+    store.write_text(CONFIG_KEY, to_yaml(cfg))
+
+
+def read_config(store: Store) -> Config:
+    if not store.exists(CONFIG_KEY):
+        raise StageError(f"{store.uri} has no {CONFIG_KEY}; run `lt-ssl stage prepare --run {store.uri} --config ...` first")
+    try:
+        return from_dict(yaml.safe_load(store.read_text(CONFIG_KEY)))
+    except ConfigError as e:
+        raise ConfigError(f"{store.url(CONFIG_KEY)}: {e}") from None
+
+
+@dataclass
+class Outputs:
+    """What a stage wrote, so _SUCCESS.json can list it."""
+
+    store: Store
+    prefix: str
+    keys: list[str] = field(default_factory=list)
+
+    def key(self, name: str) -> str:
+        k = f"{self.prefix}/{name}"
+        if k not in self.keys:
+            self.keys.append(k)
+        return k
+
+    def bytes(self, name: str, data: bytes) -> None:
+        self.store.write_bytes(self.key(name), data)
+
+    def json(self, name: str, obj) -> None:
+        self.store.write_json(self.key(name), obj)
+
+    def text(self, name: str, text: str) -> None:
+        self.store.write_text(self.key(name), text)
+
+    def numpy(self, name: str, array) -> None:
+        self.store.write_numpy(self.key(name), array)
+
+
+def provenance() -> dict:
+    """What made this output: code version, packages, machine (STYLE 6)."""
+    commit = os.environ.get("LT_SSL_GIT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                    cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    versions = {}
+    for pkg in ("lt-ssl", "torch", "torchvision", "numpy", "scikit-learn"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"git_commit": commit, "versions": versions, "python": sys.version.split()[0],
+            "host": platform.node(), "image": os.environ.get("LT_SSL_IMAGE")}
+
+
+def write_success(out: Outputs, chash: str, started: float, extra: dict | None = None) -> None:
+    finished = time.time()
+    out.store.write_json(f"{out.prefix}/{SUCCESS}", {
+        "config_hash": chash,
+        "outputs": sorted(out.keys),
+        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
+        "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(),
+        "seconds": round(finished - started, 3),
+        "provenance": provenance(),
+        **(extra or {}),
+    })

@@ -1,0 +1,73 @@
+"""`lt-ssl run`: the stages in order as `lt-ssl stage` subprocesses, experts in a process pool."""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..config import load_config
+from ..store import normalize_uri, open_store
+from .plan import PIPELINE, stage_argv
+from .report import results_table
+
+
+def _die_with_parent() -> None:
+    """Children get SIGKILL when the runner dies, so a killed run leaves no stage still writing."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _execute(argv: list[str], threads: int, device: str | None, debug: bool) -> int:
+    cmd = [sys.executable, "-m", "lt_ssl", *argv[1:]]  # argv[0] is "lt-ssl": same CLI, no PATH lookup
+    if device:
+        cmd += ["--device", device]
+    if debug:
+        cmd += ["--debug"]
+    env = os.environ | {"LT_SSL_THREADS": str(threads)}
+    print("$ " + " ".join(argv), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, env=env, preexec_fn=_die_with_parent).returncode
+
+
+def default_run_uri(name: str) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs", f"{name}-{stamp}").resolve().as_uri()
+
+
+def run(config: str, overrides: list[str], run_uri: str | None, workers: int, device: str | None, debug: bool) -> int:
+    cfg = load_config(config, overrides)  # fail on a bad config before any process starts
+    run_uri = normalize_uri(run_uri) if run_uri else default_run_uri(cfg.name)
+    store = open_store(run_uri)
+    print(f"run: {run_uri}", file=sys.stderr)
+    cpus = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="lt-ssl-") as tmp:
+        paths = {"clusters_out": os.path.join(tmp, "clusters.json"), "outputs_dir": os.path.join(tmp, "outputs")}
+        for step in PIPELINE:
+            if not step.fan_out:
+                argv = stage_argv(step.stage, run_uri, config=str(config), overrides=overrides, **paths)
+                code = _execute(argv, cpus, device, debug)
+            else:
+                ids = json.loads(Path(paths["clusters_out"]).read_text())
+                pool = max(1, min(workers, len(ids)))
+                threads = max(1, cpus // pool)  # share the cores instead of oversubscribing them
+                with ThreadPoolExecutor(pool) as ex:
+                    codes = list(ex.map(lambda k: _execute(stage_argv(step.stage, run_uri, cluster=k, **paths),
+                                                           threads, device, debug), ids))
+                code = next((c for c in codes if c != 0), 0)
+            if code != 0:
+                print(f"lt-ssl: stage {step.stage} failed (exit {code}); fix the cause and rerun the same command "
+                      f"with --run {run_uri} to resume", file=sys.stderr)
+                return code
+    metrics = store.read_json("evaluate/metrics.json")
+    print(results_table(metrics["models"]))
+    print(f"\nrun folder: {run_uri}\nreport: {run_uri}/evaluate/report.md")
+    return 0

@@ -1,0 +1,202 @@
+"""The one training loop: deterministic data order, cosine lr, checkpoints, resume, SIGTERM, collapse."""
+
+from __future__ import annotations
+
+import io
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .config import TrainConfig
+from .errors import CheckpointError, CollapseError, Preempted
+from .optim import build_optimizer, cosine_lr, scaled_lr
+from .store import Store
+
+# A step's loss function: (images uint8 (B,3,H,W) on device, batch indices (B,), generator) -> outputs.
+StepFn = Callable[[Tensor, Tensor, torch.Generator], dict]
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """Every random draw is keyed by (seed, epoch, step), so a resumed run replays the same stream."""
+    return (seed * 1_000_003 + epoch * 10_007 + step) % (2**63 - 1)
+
+
+class Checkpointer:
+    """Checkpoints under `<stage>/ckpt/` in the run store; the newest complete one wins."""
+
+    keep = 2
+
+    def __init__(self, store: Store, prefix: str, arch: str):
+        self.store, self.prefix, self.arch = store, f"{prefix}/ckpt", arch
+
+    def _keys(self) -> list[str]:
+        return sorted(k for k in self.store.list(self.prefix) if k.endswith(".pt"))
+
+    def save(self, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save({**state, "arch": self.arch}, buf)
+        self.store.write_bytes(f"{self.prefix}/step-{state['global_step']:09d}.pt", buf.getvalue())
+        for old in self._keys()[: -self.keep]:  # only after the new one is complete
+            self.store.delete(old)
+
+    def load_latest(self) -> dict | None:
+        keys = self._keys()
+        if not keys:
+            return None
+        return load_checkpoint(self.store, keys[-1], self.arch)
+
+
+def load_checkpoint(store: Store, key: str, arch: str) -> dict:
+    """torch.load with weights_only=True: a checkpoint cannot run code; arch must match."""
+    try:
+        state = torch.load(io.BytesIO(store.read_bytes(key)), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling/format failure means "not a checkpoint"
+        raise CheckpointError(f"{store.url(key)} is not a readable checkpoint ({type(e).__name__}); delete it and rerun the stage") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{store.url(key)} is not an lt-ssl checkpoint; delete it and rerun the stage")
+    if state.get("arch") != arch:
+        raise CheckpointError(f"{store.url(key)} holds a {state.get('arch')!r} model, this stage builds {arch!r}; use a new run")
+    return state
+
+
+class _TermFlag:
+    """SIGTERM (Kubernetes' eviction notice) sets a flag; the loop checkpoints and exits cleanly."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    steps: int
+    seconds: float
+    final_loss: float
+    images_per_second: float
+
+
+def train(
+    model: nn.Module,
+    param_groups: list[dict],
+    images: Tensor,
+    step_fn: StepFn,
+    cfg: TrainConfig,
+    ckpt: Checkpointer,
+    *,
+    seed: int,
+    name: str,
+    metrics=None,
+    collapse_std: float = 0.0,
+) -> TrainResult:
+    """Train `model` on `images` (N,3,H,W) uint8 (on the training device) for cfg.epochs.
+
+    The loss comes from `step_fn`; `param_groups` may mark groups `fix_lr` (kept at their lr).
+    `collapse_std`: if an epoch's mean `z_std` falls below it, raise CollapseError.
+    """
+    device = images.device
+    n = images.shape[0]
+    batch_size = min(cfg.batch_size, n)
+    steps_per_epoch = n // batch_size  # drop the ragged last batch: BatchNorm needs full-ish batches
+    total_steps = cfg.epochs * steps_per_epoch
+    base_lr = scaled_lr(cfg.lr, batch_size)
+    for g in param_groups:
+        g["lr"] = base_lr
+    opt = build_optimizer(cfg.optimizer, param_groups, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    epoch, step = 0, 0  # position of the next step to run
+    state = ckpt.load_latest()
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint for {name} does not fit this model ({str(e).splitlines()[0][:120]}); use a new run") from None
+        epoch, step = state["epoch"], state["step"]
+        print(f"[{name}] resuming from epoch {epoch} step {step}", file=sys.stderr)
+
+    use_cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else _null()
+    model.train()
+
+    def snapshot(e: int, s: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": e, "step": s,
+                "global_step": e * steps_per_epoch + s}
+
+    t_start, seen, last_loss = time.perf_counter(), 0, float("nan")
+    with _TermFlag() as term:
+        while epoch < cfg.epochs:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, -1)))
+            z_stds = []
+            while step < steps_per_epoch:
+                idx = order[step * batch_size:(step + 1) * batch_size].to(device)
+                gen = torch.Generator(device=device).manual_seed(step_seed(seed, epoch, step))
+                global_step = epoch * steps_per_epoch + step
+                lr = cosine_lr(global_step, total_steps, cfg.warmup_epochs * steps_per_epoch, base_lr)
+                for g in opt.param_groups:
+                    g["lr"] = base_lr if g.get("fix_lr") else lr
+                t0 = time.perf_counter()
+                with autocast:
+                    out = step_fn(images[idx], idx, gen)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise CollapseError(f"{name}: loss became {loss.item()} at epoch {epoch} step {step}; lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                last_loss = loss.item()
+                if "z_std" in out:
+                    z_stds.append(float(out["z_std"]))
+                seen += batch_size
+                step += 1
+                ips = batch_size / max(time.perf_counter() - t0, 1e-9)
+                if metrics is not None:
+                    metrics.progress(epoch=epoch, step=global_step, loss=last_loss, images_per_second=ips, lr=lr)
+                if term.set:
+                    ckpt.save(snapshot(epoch, step))
+                    raise Preempted(f"{name}: SIGTERM received; checkpoint written at epoch {epoch} step {step}; rerun to resume")
+            elapsed = time.perf_counter() - t_start
+            print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
+                  f"{seen / max(elapsed, 1e-9):.0f} img/s lr {lr:.4g}", file=sys.stderr, flush=True)
+            if z_stds and collapse_std > 0 and sum(z_stds) / len(z_stds) < collapse_std:
+                raise CollapseError(
+                    f"{name}: representations collapsed at epoch {epoch + 1} (std of normalised outputs "
+                    f"{sum(z_stds) / len(z_stds):.2e} < {collapse_std:.2e}); lower the learning rate or raise weight decay")
+            epoch, step = epoch + 1, 0
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                ckpt.save(snapshot(epoch, 0))
+    elapsed = time.perf_counter() - t_start
+    return TrainResult(cfg.epochs, total_steps, elapsed, last_loss, seen / max(elapsed, 1e-9))
+
+
+def healthy_std(dim: int) -> float:
+    """Std of L2-normalised D-dim outputs when they spread over the sphere: 1/sqrt(D) (SimSiam §4)."""
+    return 1.0 / math.sqrt(dim)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
