@@ -1,0 +1,126 @@
+"""A smoke run of every stage on tiny data, and the stage contract around them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lt_ssl.config import load_config
+from lt_ssl.errors import CheckpointError, StageError
+from lt_ssl.pipeline.stages import run_stage
+from lt_ssl.store import open_store
+from tests.conftest import QUICKSTART
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    """One complete tiny run shared by the read-only checks below."""
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("run")
+    store = open_store(root.as_uri())
+    cfg = load_config(QUICKSTART, TINY)
+    clusters_out = root.parent / "clusters.json"
+    outputs = root.parent / "outputs"
+    for name in ("prepare", "pretrain", "baseline", "cluster"):
+        assert run_stage(name, store, cfg if name == "prepare" else None, clusters_out=str(clusters_out)) == "done"
+    ids = json.loads(clusters_out.read_text())
+    for k in ids:
+        assert run_stage("expert", store, None, cluster=k) == "done"
+    assert run_stage("distill", store, None) == "done"
+    assert run_stage("evaluate", store, None, outputs_dir=str(outputs)) == "done"
+    return store, cfg, ids, outputs
+
+
+def test_every_stage_writes_success_last_with_its_outputs(done_run):
+    store, cfg, ids, _ = done_run
+    prefixes = ["prepare", "pretrain", "baseline", "cluster", *[f"expert/{k}" for k in ids], "distill", "evaluate"]
+    for prefix in prefixes:
+        success = store.read_json(f"{prefix}/_SUCCESS.json")
+        assert success["outputs"], prefix
+        for key in success["outputs"]:
+            assert store.exists(key), key
+        assert success["provenance"]["versions"]["torch"]
+    assert store.exists("config.yaml")
+
+
+def test_cluster_outputs_are_consistent(done_run):
+    store, cfg, ids, _ = done_run
+    assignments = store.read_numpy("cluster/assignments.npy")
+    sizes = store.read_json("cluster/sizes.json")["sizes"]
+    subset = store.read_numpy("prepare/subset.npy")
+    assert len(assignments) == len(subset) == sum(sizes)
+    assert ids == [k for k, n in enumerate(sizes) if n > 0]
+    assert store.read_bytes("cluster/scatter.png").startswith(b"\x89PNG")
+
+
+def test_evaluate_writes_metrics_report_and_argo_outputs(done_run):
+    store, cfg, ids, outputs = done_run
+    metrics = store.read_json("evaluate/metrics.json")
+    assert set(metrics["models"]) == {"random", "base", "student", "baseline"}
+    for by_eval in metrics["models"].values():
+        for rep in by_eval.values():
+            assert 0.0 <= rep["top1"] <= 1.0 and {"many", "medium", "few"} <= set(rep)
+    assert "| student | knn |" in store.read_text("evaluate/report.md")
+    value = float((outputs / "knn_top1_student").read_text())
+    assert value == pytest.approx(metrics["models"]["student"]["knn"]["top1"], abs=1e-6)
+    assert b"lt_ssl_eval_accuracy_ratio" in store.read_bytes("evaluate/metrics.prom")
+
+
+def test_done_stages_are_skipped(done_run):
+    store, cfg, ids, _ = done_run
+    before = store.read_json("pretrain/_SUCCESS.json")
+    assert run_stage("pretrain", store, None) == "skipped"
+    assert store.read_json("pretrain/_SUCCESS.json") == before
+
+
+def test_prepare_with_another_config_is_refused_and_changes_nothing(done_run):
+    store, cfg, ids, _ = done_run
+    before = store.read_text("config.yaml")
+    other = load_config(QUICKSTART, ["cluster.k=2"])
+    with pytest.raises(StageError, match="different config"):
+        run_stage("prepare", store, other)
+    assert store.read_text("config.yaml") == before
+
+
+def test_unknown_expert_id(done_run):
+    store, cfg, ids, _ = done_run
+    with pytest.raises(StageError, match="does not exist"):
+        run_stage("expert", store, None, cluster=max(ids) + 5)
+
+
+def test_stage_needs_its_inputs(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    with pytest.raises(StageError, match="no config.yaml"):
+        run_stage("pretrain", store, None)
+    run_stage("prepare", store, load_config(QUICKSTART))
+    with pytest.raises(StageError, match="needs stage 'pretrain'"):
+        run_stage("cluster", store, None)
+
+
+def test_k_larger_than_images_is_a_clear_error(tmp_path, tiny_overrides):
+    store = open_store(tmp_path.as_uri())
+    run_stage("prepare", store, load_config(QUICKSTART, tiny_overrides + ["cluster.k=5000"]))
+    run_stage("pretrain", store, None)
+    with pytest.raises(StageError, match="larger than the number of training images"):
+        run_stage("cluster", store, None)
+    assert not store.exists("cluster/_SUCCESS.json")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny_overrides):
+    store = open_store(tmp_path.as_uri())
+    run_stage("prepare", store, load_config(QUICKSTART, tiny_overrides + ["pretrain.epochs=2"]))
+    store.write_bytes("pretrain/ckpt/step-000000001.pt", b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        run_stage("pretrain", store, None)
+
+
+def test_longtail_subset_recorded_with_groups(done_run):
+    store, *_ = done_run
+    info = store.read_json("prepare/info.json")
+    counts = np.array(info["class_counts"])
+    assert counts.sum() == info["subset_size"] == len(store.read_numpy("prepare/subset.npy"))
+    assert counts.max() / counts.min() == pytest.approx(10, rel=0.1)  # imbalance 10 in the quickstart
+    groups = info["groups"]
+    assert sorted(groups["many"] + groups["medium"] + groups["few"]) == list(range(10))
+    assert min(counts[groups["many"]]) >= max(counts[groups["few"]])
