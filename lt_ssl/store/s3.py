@@ -1,0 +1,420 @@
+"""s3:// artifact store on any S3-compatible endpoint (AWS, MinIO, Ceph RGW), through boto3.
+
+Configuration comes from the standard AWS environment, so the same code talks to AWS or to a
+MinIO in a kind cluster unchanged:
+
+    AWS_ENDPOINT_URL        e.g. http://minio:9000 (unset: AWS). When set, path-style addressing
+                            (http://host/bucket/key), which MinIO and Ceph need without wildcard DNS.
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY[, AWS_SESSION_TOKEN]   (or any boto3 credential source)
+    AWS_DEFAULT_REGION      (or AWS_REGION; default us-east-1, which MinIO accepts)
+
+and, for this package (all optional):
+
+    LT_SSL_S3_MAX_ATTEMPTS          total attempts per request, first included (default 5;
+                                    falls back to AWS_MAX_ATTEMPTS)
+    LT_SSL_S3_RETRY_MODE            standard | adaptive (default standard; falls back to AWS_RETRY_MODE)
+    LT_SSL_S3_CONNECT_TIMEOUT       seconds (default 5)
+    LT_SSL_S3_READ_TIMEOUT          seconds (default 60)
+    LT_SSL_S3_ADDRESSING_STYLE      path | virtual | auto (default: path with an endpoint, else auto)
+    LT_SSL_S3_MULTIPART_THRESHOLD   bytes above which upload_file goes multipart (default 64 MiB)
+    LT_SSL_S3_MULTIPART_CHUNKSIZE   part size in bytes (default 16 MiB; S3's minimum is 5 MiB)
+
+A request therefore takes at most about MAX_ATTEMPTS * (CONNECT_TIMEOUT + READ_TIMEOUT) plus the
+backoff (standard mode: random, capped at 20 s per retry) before it fails with StorageError.
+
+Atomicity: `write_bytes` is one PutObject, which S3 makes visible whole or not at all.
+`upload_file` goes through boto3's transfer manager: one PutObject below the threshold, a
+multipart upload above it; a multipart upload is only visible once CompleteMultipartUpload
+succeeds, and a failed one is aborted (s3transfer registers AbortMultipartUpload as a failure
+cleanup; we abort again here in case the cleanup itself failed). A process killed outright leaves
+invisible parts behind: give the bucket an AbortIncompleteMultipartUpload lifecycle rule.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, StorageError
+from .base import Store, check_key
+
+_MiB = 1 << 20
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AuthorizationHeaderMalformed",
+    "403",
+    "Forbidden",
+}
+_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound", "Not Found"}
+
+
+def _env(*names: str, default: str | None = None) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return value
+    return default
+
+
+def _env_num(kind: type, *names: str, default: Any) -> Any:
+    raw = _env(*names)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{names[0]}={raw!r} is not a number; unset it or give e.g. {default}") from None
+    if value <= 0:
+        raise ConfigError(f"{names[0]}={raw!r} must be > 0")
+    return value
+
+
+def endpoint_url() -> str | None:
+    """The S3 endpoint from the environment (AWS_ENDPOINT_URL_S3 wins, as in botocore), or None for AWS."""
+    return _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class S3Store(Store):
+    """Artifacts under s3://bucket/prefix. Thread-safe: one lazily built client shared by all threads."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        multipart_threshold: int | None = None,
+        multipart_chunksize: int | None = None,
+    ):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._multipart_threshold = multipart_threshold
+        self._multipart_chunksize = multipart_chunksize
+        self._lock = threading.Lock()
+        self._client_obj: Any = None
+        self._client_pid: int | None = None
+        self._bucket_seen = False  # set once a request proved the bucket exists
+
+    # ----------------------------------------------------------------- client and errors
+
+    def _client(self) -> Any:
+        """The boto3 client, built on first use (and again in a forked child: clients don't survive fork)."""
+        pid = os.getpid()
+        if self._client_obj is not None and self._client_pid == pid:
+            return self._client_obj
+        with self._lock:
+            if self._client_obj is None or self._client_pid != pid:
+                self._client_obj = self._make_client()
+                self._client_pid = pid
+            return self._client_obj
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        endpoint = endpoint_url()
+        mode = _env("LT_SSL_S3_RETRY_MODE", "AWS_RETRY_MODE", default="standard")
+        if mode not in ("standard", "adaptive", "legacy"):
+            raise ConfigError(f"LT_SSL_S3_RETRY_MODE={mode!r}: use standard or adaptive")
+        style = _env("LT_SSL_S3_ADDRESSING_STYLE", default="path" if endpoint else "auto")
+        if style not in ("path", "virtual", "auto"):
+            raise ConfigError(f"LT_SSL_S3_ADDRESSING_STYLE={style!r}: use path, virtual or auto")
+        extra: dict[str, Any] = {}
+        has_checksum_options = "request_checksum_calculation" in Config.OPTION_DEFAULTS  # botocore >= 1.36
+        if endpoint and has_checksum_options and not _env("AWS_REQUEST_CHECKSUM_CALCULATION"):
+            # botocore >= 1.36 sends CRC checksums (and aws-chunked bodies) on every upload by
+            # default; older MinIO and Ceph RGW reject those. Outside AWS, send them only where an
+            # operation requires one; write_bytes still sends Content-MD5, which every S3 checks.
+            extra["request_checksum_calculation"] = "when_required"
+            extra["response_checksum_validation"] = "when_required"
+        config = Config(
+            region_name=_env("AWS_DEFAULT_REGION", "AWS_REGION", default="us-east-1"),
+            retries={"mode": mode, "max_attempts": _env_num(int, "LT_SSL_S3_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS", default=5)},
+            connect_timeout=_env_num(float, "LT_SSL_S3_CONNECT_TIMEOUT", default=5.0),
+            read_timeout=_env_num(float, "LT_SSL_S3_READ_TIMEOUT", default=60.0),
+            s3={"addressing_style": style},
+            max_pool_connections=32,
+            **extra,
+        )
+        # A private Session: boto3's default session is not thread-safe to create clients from.
+        return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+
+    def _full(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _endpoint_for_message(self) -> str:
+        endpoint = endpoint_url()
+        if endpoint:
+            return endpoint
+        try:
+            return self._client().meta.endpoint_url
+        except Exception:  # noqa: BLE001 - only for a message
+            return "AWS S3"
+
+    def _error(self, exc: BaseException, what: str, *, reading: bool = False) -> StorageError:
+        """Translate a boto3/botocore failure into a one-line StorageError naming `what` (a URI)."""
+        from botocore import exceptions as bce
+
+        # boto3's upload wraps ClientError in S3UploadFailedError (chained as __context__).
+        cause: BaseException | None = exc
+        seen = set()
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            if isinstance(cause, (bce.ClientError, bce.BotoCoreError)):
+                break
+            inner = getattr(cause, "last_exception", None)  # RetriesExceededError
+            cause = inner or cause.__cause__ or cause.__context__
+        if cause is None:
+            cause = exc
+
+        if isinstance(cause, (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ConnectionClosedError)):
+            return StorageError(
+                f"cannot reach S3 endpoint {self._endpoint_for_message()} for {what}: {_one_line(cause)}; "
+                "check AWS_ENDPOINT_URL"
+            )
+        if isinstance(cause, bce.ReadTimeoutError):
+            return StorageError(
+                f"S3 endpoint {self._endpoint_for_message()} timed out for {what}: {_one_line(cause)}; "
+                "the stage is retried, or raise LT_SSL_S3_READ_TIMEOUT"
+            )
+        if isinstance(cause, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+            return StorageError(
+                f"no S3 credentials for {what}: {_one_line(cause)}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        if isinstance(cause, bce.ClientError):
+            err = cause.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = _one_line(err.get("Message") or cause)
+            if code == "NoSuchBucket":
+                return self._no_bucket_error(what)
+            if code in _CREDENTIAL_CODES or status == 403:
+                return StorageError(
+                    f"S3 at {self._endpoint_for_message()} refused the credentials for {what} ({code or status}: "
+                    f"{message}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                )
+            if reading and (code in _MISSING_KEY_CODES or status == 404):
+                return StorageError(f"{what} does not exist; run the stage that writes it first")
+            return StorageError(f"S3 request for {what} failed ({code or status}: {message})")
+        if isinstance(cause, bce.BotoCoreError):
+            return StorageError(f"S3 request for {what} failed: {_one_line(cause)}")
+        return StorageError(f"S3 request for {what} failed: {type(exc).__name__}: {_one_line(exc)}")
+
+    def _no_bucket_error(self, what: str) -> StorageError:
+        return StorageError(
+            f"bucket {self.bucket!r} does not exist at {self._endpoint_for_message()} (for {what}); "
+            "create it or fix the run URI"
+        )
+
+    def _check_bucket(self, what: str) -> None:
+        """After a 404 on a HEAD (no body, so no error code): raise if the bucket itself is missing."""
+        if self._bucket_seen:
+            return
+        client = self._client()
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, _client_error()) and _status(exc) == 404:
+                raise self._no_bucket_error(what) from exc
+            raise self._error(exc, what) from exc
+        self._bucket_seen = True
+
+    # ----------------------------------------------------------------- Store interface
+
+    def read_bytes(self, key: str) -> bytes:
+        full = self._full(key)
+        client = self._client()
+        try:
+            body = client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, self.url(key), reading=True) from exc
+        self._bucket_seen = True
+        return data
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        full = self._full(key)
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - integrity, not security
+        client = self._client()
+        try:
+            client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, self.url(key)) from exc
+        self._bucket_seen = True
+
+    def exists(self, key: str) -> bool:
+        full = self._full(key)
+        client = self._client()
+        try:
+            client.head_object(Bucket=self.bucket, Key=full)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, _client_error()) and _status(exc) == 404:
+                self._check_bucket(self.url(key))
+                return False
+            raise self._error(exc, self.url(key)) from exc
+        self._bucket_seen = True
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        folder = prefix.strip("/")
+        if folder:
+            check_key(folder)
+        base = f"{self.prefix}/" if self.prefix else ""
+        search = f"{base}{folder}/" if folder else base
+        keys: list[str] = []
+        client = self._client()
+        try:
+            paginator = client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=search):
+                for obj in page.get("Contents", ()):
+                    name = obj["Key"]
+                    rel = name[len(base):]
+                    if not rel or rel.endswith("/"):  # folder markers some tools create
+                        continue
+                    keys.append(rel)
+        except Exception as exc:  # noqa: BLE001
+            what = f"{self.uri}/{folder}/" if folder else f"{self.uri}/"
+            raise self._error(exc, what) from exc
+        self._bucket_seen = True
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        full = self._full(key)
+        client = self._client()
+        try:
+            client.delete_object(Bucket=self.bucket, Key=full)  # idempotent: no error if absent
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, self.url(key)) from exc
+
+    def _transfer_config(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        threshold = self._multipart_threshold or _env_num(int, "LT_SSL_S3_MULTIPART_THRESHOLD", default=64 * _MiB)
+        chunk = self._multipart_chunksize or _env_num(int, "LT_SSL_S3_MULTIPART_CHUNKSIZE", default=16 * _MiB)
+        return TransferConfig(multipart_threshold=threshold, multipart_chunksize=chunk, max_concurrency=8)
+
+    def upload_file(self, key: str, path: Path) -> None:
+        full = self._full(key)
+        path = Path(path)
+        if not path.is_file():
+            raise StorageError(f"cannot upload {path} to {self.url(key)}: not a file")
+        client, config = self._client(), self._transfer_config()
+        try:
+            client.upload_file(str(path), self.bucket, full, Config=config)
+        except BaseException as exc:
+            if path.stat().st_size >= config.multipart_threshold and not _unreachable(exc):
+                self._abort_multipart(full)  # s3transfer aborts too; this covers a failed abort
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt / SystemExit: after cleanup, let it through
+            raise self._error(exc, self.url(key)) from exc
+        self._bucket_seen = True
+
+    def _abort_multipart(self, full: str) -> None:
+        """Best effort: abort multipart uploads of exactly this key left by a failed upload_file."""
+        try:
+            client = self._client()
+            listing = client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+            for upload in listing.get("Uploads", ()):
+                if upload.get("Key") == full:
+                    client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload["UploadId"])
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+
+    def download_file(self, key: str, path: Path) -> None:
+        full = self._full(key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # s3transfer writes to a temporary name beside `path` and renames it when complete.
+        client, config = self._client(), self._transfer_config()
+        try:
+            client.download_file(self.bucket, full, str(path), Config=config)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, _client_error()) and _status(exc) == 404:
+                self._check_bucket(self.url(key))
+                raise StorageError(f"{self.url(key)} does not exist; run the stage that writes it first") from exc
+            raise self._error(exc, self.url(key), reading=True) from exc
+        self._bucket_seen = True
+
+    # ----------------------------------------------------------------- extras used by data/remote.py
+
+    def list_objects(self, prefix: str = "") -> list[dict[str, Any]]:
+        """[{key, size, etag}] under a folder ('' = all), keys relative to the store, sorted by key."""
+        folder = prefix.strip("/")
+        if folder:
+            check_key(folder)
+        base = f"{self.prefix}/" if self.prefix else ""
+        search = f"{base}{folder}/" if folder else base
+        out: list[dict[str, Any]] = []
+        client = self._client()
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=search):
+                for obj in page.get("Contents", ()):
+                    rel = obj["Key"][len(base):]
+                    if rel and not rel.endswith("/"):
+                        out.append({"key": rel, "size": int(obj["Size"]), "etag": str(obj.get("ETag", "")).strip('"')})
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, f"{self.uri}/{folder + '/' if folder else ''}") from exc
+        return sorted(out, key=lambda o: o["key"])
+
+
+    def last_modified(self, key: str) -> float | None:
+        """The object's Last-Modified as a Unix time, or None if it does not exist."""
+        full, client = self._full(key), self._client()
+        try:
+            head = client.head_object(Bucket=self.bucket, Key=full)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, _client_error()) and _status(exc) == 404:
+                return None
+            raise self._error(exc, self.url(key)) from exc
+        return head["LastModified"].timestamp()
+
+    def fetch_object(self, rel_key: str, path: Path) -> None:
+        """Download `prefix/rel_key` to `path` for dataset mirroring, where keys need not follow check_key
+        (e.g. CIFAR-100's 'file.txt~'); the caller guarantees `path` stays inside its folder."""
+        if not rel_key or rel_key.startswith("/") or any(p in ("", ".", "..") for p in rel_key.split("/")):
+            raise StorageError(f"object key {rel_key!r} under {self.uri} is not a plain relative path")
+        full = f"{self.prefix}/{rel_key}" if self.prefix else rel_key
+        what = f"{self.uri}/{rel_key}"
+        client, config = self._client(), self._transfer_config()
+        try:
+            client.download_file(self.bucket, full, str(path), Config=config)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, _client_error()) and _status(exc) == 404:
+                raise StorageError(f"{what} does not exist (deleted while downloading?)") from exc
+            raise self._error(exc, what, reading=True) from exc
+
+
+def _client_error() -> type:
+    from botocore.exceptions import ClientError
+
+    return ClientError
+
+
+def _unreachable(exc: BaseException) -> bool:
+    from botocore import exceptions as bce
+
+    kinds = (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.NoCredentialsError)
+    return isinstance(exc, kinds) or isinstance(exc.__context__, kinds)
+
+
+def _status(exc: Any) -> int | None:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
