@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
-import json
 import os
 import signal
 import subprocess
@@ -13,8 +12,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..config import load_config
+from ..config import config_hash, load_config
 from ..store import normalize_uri, open_store
+from .contract import is_done, stage_prefix, write_config_once
 from .plan import PIPELINE, stage_argv
 from .report import results_table
 
@@ -48,15 +48,25 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int, de
     run_uri = normalize_uri(run_uri) if run_uri else default_run_uri(cfg.name)
     store = open_store(run_uri)
     print(f"run: {run_uri}", file=sys.stderr)
+    write_config_once(store, cfg)  # refuses a different config for an existing run before anything runs
+    chash = config_hash(cfg)
     cpus = os.cpu_count() or 1
+
+    def pending(stage: str, cluster: int | None = None) -> bool:
+        # Checked here, without starting a process: resuming a long run costs no torch imports.
+        if is_done(store, stage_prefix(stage, cluster), chash):
+            print(f"[{stage_prefix(stage, cluster)}] already done for config {chash}; skipping", file=sys.stderr)
+            return False
+        return True
+
     with tempfile.TemporaryDirectory(prefix="lt-ssl-") as tmp:
         paths = {"clusters_out": os.path.join(tmp, "clusters.json"), "outputs_dir": os.path.join(tmp, "outputs")}
         for step in PIPELINE:
             if not step.fan_out:
                 argv = stage_argv(step.stage, run_uri, config=str(config), overrides=overrides, **paths)
-                code = _execute(argv, cpus, device, debug)
+                code = _execute(argv, cpus, device, debug) if pending(step.stage) else 0
             else:
-                ids = json.loads(Path(paths["clusters_out"]).read_text())
+                ids = [k for k in store.read_json("cluster/clusters.json") if pending(step.stage, k)]
                 pool = max(1, min(workers, len(ids)))
                 threads = max(1, cpus // pool)  # share the cores instead of oversubscribing them
                 with ThreadPoolExecutor(pool) as ex:
