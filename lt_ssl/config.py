@@ -295,6 +295,8 @@ def validate(cfg: Config) -> Config:
     a = cfg.augment
     if not (0 < a.crop_scale_min <= a.crop_scale_max <= 1) or a.size < 4:
         raise ConfigError("augment.crop_scale_min/max must satisfy 0 < min <= max <= 1 and augment.size >= 4")
+    if not 0 <= a.hue <= 0.5 or min(a.brightness, a.contrast, a.saturation) < 0:
+        raise ConfigError(f"augment.hue must be in [0, 0.5] (as torchvision's ColorJitter) and jitter strengths >= 0, got hue={a.hue}")
     if cfg.evaluate.knn_k < 1 or cfg.evaluate.linear_epochs < 1:
         raise ConfigError("evaluate.knn_k and evaluate.linear_epochs must be >= 1")
     return cfg

@@ -41,6 +41,7 @@ from hera.workflows import (
     models as m,
 )
 
+from ..compare import EXIT_REGRESSED
 from ..errors import EXIT_BAD_INPUT, EXIT_COLLAPSE
 from .plan import CLUSTERS_OUT, OUTPUTS_DIR, PIPELINE, stage_argv
 
@@ -68,8 +69,6 @@ RUN_URI = "s3://{{workflow.parameters.bucket}}/runs/{{workflow.parameters.run-id
 CONFIG = "{{workflow.parameters.config}}"
 OVERRIDES = "{{workflow.parameters.overrides}}"
 
-# `lt-ssl compare` exits with this when a metric regressed (see lt_ssl/compare.py).
-EXIT_REGRESSED = 4
 # Exit codes no retry can fix: a bad config/data/URI, a deterministic collapse.
 NEVER_RETRY = (EXIT_BAD_INPUT, EXIT_COLLAPSE)
 CPU_ONLY_STAGES = frozenset({"prepare"})  # every other stage trains or extracts features: GPU pods
@@ -276,7 +275,7 @@ def exit_handler(kind: str) -> list:
 # ---------------------------------------------------------------------------------------- parameters
 
 
-def parameters(config: str, **extra: str) -> list[Parameter]:
+def parameters(config: str, *extra: Parameter) -> list[Parameter]:
     params = [
         Parameter(name="config", value=config, description=f"YAML run config inside the image ({CONFIGS}/...)"),
         Parameter(name="overrides", value="", description="key=value config overrides in one string, e.g. 'cluster.k=8 seed=1'"),
@@ -285,8 +284,7 @@ def parameters(config: str, **extra: str) -> list[Parameter]:
         Parameter(name="run-id", value="{{workflow.name}}", description="run folder under runs/; reuse one to resume it"),
         Parameter(name="gpus", value="0", description="GPUs per training pod (0: CPU only)"),
     ]
-    params += [Parameter(name=k.replace("_", "-"), value=v) for k, v in extra.items()]
-    return params
+    return params + list(extra)
 
 
 def common_spec(kind: str, deadline_s: int) -> dict[str, Any]:
@@ -384,7 +382,9 @@ def regression_cron() -> CronWorkflow:
         successful_jobs_history_limit=7,
         failed_jobs_history_limit=14,
         entrypoint="main",
-        arguments=parameters(f"{CONFIGS}/regression.yaml", baseline=f"{CONFIGS}/regression_baseline.json"),
+        arguments=parameters(f"{CONFIGS}/regression.yaml", Parameter(
+            name="baseline", value=f"{CONFIGS}/regression_baseline.json",
+            description="baseline JSON that `lt-ssl compare` holds the run to")),
         templates=[main_dag(tasks), *stage_templates(), regression_compare_template(), *exit_handler(kind)],
         **common_spec(kind, deadline_s=4 * 3600),
     )
@@ -455,8 +455,11 @@ OBJECTS: dict[str, Callable[[], Workflow]] = {
 
 # --------------------------------------------------------------------------------------------- render
 
-# Argo v4.1 fields Hera 7.x (Argo 4.0 models) cannot express yet, set on the rendered dict.
-PENDING_TIMEOUT = "1h"  # a pod Pending this long (no GPU node, image missing) fails instead of hanging
+# Argo v4.1's `pendingTimeout`, which Hera 7.x (Argo 4.0 models) cannot express yet, is set on the
+# rendered dict, and only on pods that never wait for a GPU: for those, Pending this long means a
+# missing image, Secret or ConfigMap, and the step fails instead of hanging. GPU pods get none:
+# K experts on fewer GPUs legitimately queue for hours (activeDeadlineSeconds still bounds them).
+PENDING_TIMEOUT = "30m"
 
 
 def _templates(obj: dict) -> list[dict]:
@@ -467,14 +470,14 @@ def _templates(obj: dict) -> list[dict]:
 def to_dict(wf: Workflow) -> dict:
     obj = wf.to_dict()
     for t in _templates(obj):
-        if "container" in t:
+        if "container" in t and "podSpecPatch" not in t:
             t["pendingTimeout"] = PENDING_TIMEOUT
     return obj
 
 
 # Keys that read best first, in this order; the rest follow as Hera's to_yaml orders them.
-_FIRST = ("apiVersion", "kind", "metadata", "spec", "name", "generateName", "entrypoint", "arguments",
-          "inputs", "outputs", "template", "depends", "when", "withParam", "withItems")
+_FIRST = ("apiVersion", "kind", "metadata", "spec", "name", "generateName", "template", "depends", "when",
+          "withParam", "withItems", "entrypoint", "arguments", "inputs", "outputs")
 
 
 def _ordered(value: Any) -> Any:

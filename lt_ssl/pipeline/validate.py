@@ -16,6 +16,7 @@ import functools
 import io
 import os
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,7 @@ def _strict(node: Any) -> Any:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _crd(kind: str) -> dict:
     root = schemas_dir()
     if root is None:
@@ -99,7 +100,7 @@ def _crd(kind: str) -> dict:
     return version["schema"]["openAPIV3Schema"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def strict_schema(kind: str) -> dict:
     return _strict(_crd(kind))
 
@@ -219,11 +220,14 @@ EXPR = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 # Global variables Argo substitutes anywhere (v4.1 docs, variables.md); workflow.parameters.* apart.
 WORKFLOW_VARS = {"workflow.name", "workflow.namespace", "workflow.uid", "workflow.serviceAccountName",
                  "workflow.mainEntrypoint", "workflow.priority", "workflow.creationTimestamp", "workflow.duration",
-                 "workflow.scheduledTime", "workflow.mainEntrypoint"}
+                 "workflow.scheduledTime"}
+# Argo sets these for every template, but they only mean something once the workflow has ended.
 EXIT_ONLY_VARS = {"workflow.status", "workflow.failures"}
-POD_VARS = {"pod.name", "retries", "node.name", "inputs.parameters", "workflow.parameters"}
 METRIC_VARS = {"status", "duration", "exitCode", "inputs.parameters", "retries"}
 METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Argo's own name rules (workflow/validate): templates, tasks and steps; parameters.
+FIELD_NAME = re.compile(r"^[a-zA-Z0-9][-a-zA-Z0-9]{0,127}$")
+PARAM_NAME = re.compile(r"^[-a-zA-Z0-9_]+$")
 
 
 def _spec(obj: dict) -> dict:
@@ -293,13 +297,14 @@ def cli_parser() -> argparse.ArgumentParser:
 
 
 # Plausible values for `{{inputs.parameters.<name>}}` when parsing a command offline.
+# Each command is parsed once per alternative: the overrides default to "" (one empty argument).
 PLAUSIBLE = {
-    "run": "s3://lt-ssl/runs/wf-abc12",
-    "cluster": "0",
-    "config": "/app/configs/quickstart.yaml",
-    "overrides": "cluster.k=3 seed=1",
-    "baseline": "/app/configs/regression_baseline.json",
-    "item": "0",
+    "run": ["s3://lt-ssl/runs/wf-abc12"],
+    "cluster": ["0"],
+    "config": ["/app/configs/quickstart.yaml"],
+    "overrides": ["", "cluster.k=3 seed=1"],
+    "baseline": ["/app/configs/regression_baseline.json"],
+    "item": ["0"],
 }
 
 
@@ -316,11 +321,18 @@ def substitute(text: str, values: dict[str, str], default: str | None = None) ->
 
 
 def parse_cli(args: list[str]) -> tuple[argparse.Namespace | None, str]:
-    """Parse `lt-ssl <args>`; (namespace, "") or (None, argparse's message)."""
+    """Parse `lt-ssl <args>` as `lt-ssl` itself does (`cli.parse_args`, which also takes overrides
+    after options); (namespace, "") or (None, argparse's message)."""
+    from .. import cli
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    real = getattr(cli, "parse_args", None)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            return cli_parser().parse_args(args), ""
+            if real is not None and args and args[0] in sub.choices:
+                return real(args), ""
+            return cli_parser().parse_args(args), ""  # a command cli.py does not register (yet)
     except SystemExit:
         lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
         return None, lines[-1] if lines else "does not parse"
@@ -349,6 +361,7 @@ def semantic_problems(obj: dict, registry: dict[str, dict] | None = None) -> lis
             problems.append(f"template {t.get('name')!r} is defined twice")
         templates[t.get("name")] = t
     global_params = _params(spec.get("arguments"))
+    problems += _name_problems(obj, spec)
     for ref in ("entrypoint", "onExit"):
         if spec.get(ref) and spec[ref] not in templates:
             problems.append(f"spec.{ref} {spec[ref]!r} names no template")
@@ -489,13 +502,15 @@ def semantic_problems(obj: dict, registry: dict[str, dict] | None = None) -> lis
         # `lt-ssl` containers: args parse with the real CLI; retries spare exit codes 2 and 3.
         c = t.get("container") or {}
         if c.get("command") == ["lt-ssl"]:
-            values = {f"inputs.parameters.{k}": PLAUSIBLE.get(k, "x") for k in inputs}
-            values |= {f"workflow.parameters.{k}": substitute(str(p.get("value", "x")), {"workflow.name": "wf-abc12"})
+            gvalues = {f"workflow.parameters.{k}": substitute(str(p.get("value", "x")), {"workflow.name": "wf-abc12"})
                        for k, p in global_params.items()}
-            args = [substitute(a, values, default="x") for a in c.get("args") or []]
-            ns, err = parse_cli(args)
-            if ns is None:
-                problems.append(f"{where}: `lt-ssl {' '.join(args)}` does not parse: {err}")
+            options = {k: PLAUSIBLE.get(k, ["x"]) for k in inputs}
+            for i in range(max((len(v) for v in options.values()), default=1)):
+                values = gvalues | {f"inputs.parameters.{k}": v[min(i, len(v) - 1)] for k, v in options.items()}
+                args = [substitute(a, values, default="x") for a in c.get("args") or []]
+                ns, err = parse_cli(args)
+                if ns is None:
+                    problems.append(f"{where}: `lt-ssl {shlex.join(args)}` does not parse: {err}")
             expr = (t.get("retryStrategy") or {}).get("expression")
             if not expr:
                 problems.append(f"{where}: an lt-ssl step needs a retryStrategy with an expression sparing exit codes 2 and 3")
@@ -515,6 +530,37 @@ def semantic_problems(obj: dict, registry: dict[str, dict] | None = None) -> lis
     for metric in (spec.get("metrics") or {}).get("prometheus") or []:
         problems += _metric_problems(metric, "spec", metric_shapes)
     problems += _fan_out_problems(templates, {s.stage for s in PIPELINE if s.fan_out})
+    return problems
+
+
+def _name_problems(obj: dict, spec: dict) -> list[str]:
+    problems = []
+    meta = obj.get("metadata") or {}
+    limit = 52 if obj.get("kind") == "CronWorkflow" else 63  # a CronWorkflow's runs append "-<unix time>"
+    name = meta.get("name") or meta.get("generateName", "") + "xxxxx"
+    if len(name) > limit:
+        problems.append(f"metadata name {name!r} is longer than {limit} characters")
+    if obj.get("kind") == "CronWorkflow":
+        for sched in (obj.get("spec") or {}).get("schedules") or []:
+            if len(sched.split()) != 5 and not sched.startswith("@"):
+                problems.append(f"cron schedule {sched!r} needs 5 fields (minute hour day month weekday)")
+    for t in spec.get("templates") or []:
+        if not FIELD_NAME.match(str(t.get("name", ""))):
+            problems.append(f"template name {t.get('name')!r}: letters, digits and '-', starting with a letter or digit")
+        for inv in _invocations(t):
+            if not FIELD_NAME.match(str(inv.get("name", ""))):
+                problems.append(f"template {t.get('name')!r}: task/step name {inv.get('name')!r} is not a valid Argo name")
+            if sum(k in inv for k in ("withItems", "withParam", "withSequence")) > 1:
+                problems.append(f"template {t.get('name')!r} task {inv.get('name')!r}: only one of withItems, withParam, withSequence")
+        for section in ("inputs", "outputs"):
+            for p in ((t.get(section) or {}).get("parameters") or []):
+                if not PARAM_NAME.match(str(p.get("name", ""))):
+                    problems.append(f"template {t.get('name')!r}: parameter name {p.get('name')!r} must be letters, digits, '_' or '-'")
+    for p in (spec.get("arguments") or {}).get("parameters") or []:
+        if not PARAM_NAME.match(str(p.get("name", ""))):
+            problems.append(f"spec.arguments: parameter name {p.get('name')!r} must be letters, digits, '_' or '-'")
+        if "value" not in p and "valueFrom" not in p:
+            problems.append(f"spec.arguments: parameter {p.get('name')!r} needs a value (a default) or valueFrom")
     return problems
 
 

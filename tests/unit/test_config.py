@@ -39,6 +39,7 @@ def test_overrides_dotted_and_unambiguous_leaf():
     (["data.dataset=mnist"], "must be one of digits"),
     (["pretrain.optimizer=adam"], "optimizer must be one of"),
     (["cluster"], "not key=value"),
+    (["augment.hue=0.7"], "hue must be in"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
