@@ -44,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outputs-dir", default=None, help="write headline metrics one per file here (evaluate stage)")
     s.add_argument("overrides", nargs="*", help="key.sub=value overrides (prepare stage only)")
 
-    from . import runs
+    from . import compare, runs
+    from .pipeline import submit
 
-    runs.add_parser(sub)
+    for module in (runs, compare, submit):  # each registers its parser with set_defaults(func=main)
+        module.add_parser(sub)
     return parser
 
 
@@ -69,9 +71,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_stage(args.name, open_store(args.run), cfg, cluster=args.cluster, device=args.device,
                   clusters_out=args.clusters_out, outputs_dir=args.outputs_dir)
         return 0
-    from . import runs
-
-    return runs.main(args)
+    return args.func(args)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     which argparse alone refuses once a subcommand has a positional before its options."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    extra = [tok for tok in extra if tok.strip()]  # Argo's empty `overrides` parameter is one "" argument
     stray = [tok for tok in extra if not _OVERRIDE.match(tok)]
     if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")

@@ -7,6 +7,8 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1  # a bug or an unknown failure: retried (it may be a flaky node)
 EXIT_BAD_INPUT = 2  # config, data, URI or checkpoint the user must fix: never retried
 EXIT_COLLAPSE = 3  # training collapsed deterministically: never retried
+EXIT_REGRESSED = 4  # `lt-ssl compare`: a metric dropped beyond tolerance (fails the cron workflow, no retry)
+EXIT_UNAVAILABLE = 69  # `lt-ssl submit`: the cluster could not be reached (EX_UNAVAILABLE); try later
 EXIT_STORAGE = 74  # storage unreachable or failing (EX_IOERR): retried with backoff
 EXIT_PREEMPTED = 75  # SIGTERM received, checkpoint written (EX_TEMPFAIL): retried, resumes
 

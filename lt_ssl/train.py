@@ -92,7 +92,7 @@ class TrainResult:
     epochs: int
     steps: int
     seconds: float
-    final_loss: float
+    final_loss: float | None
     images_per_second: float
 
 
@@ -186,7 +186,9 @@ def train(
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
                 ckpt.save(snapshot(epoch, 0))
     elapsed = time.perf_counter() - t_start
-    return TrainResult(cfg.epochs, total_steps, elapsed, last_loss, seen / max(elapsed, 1e-9))
+    # None, not NaN, when no step ran here (0 epochs, or resumed after the last one): _SUCCESS.json stays strict JSON.
+    final = None if math.isnan(last_loss) else last_loss
+    return TrainResult(cfg.epochs, total_steps, elapsed, final, seen / max(elapsed, 1e-9))
 
 
 def healthy_std(dim: int) -> float:

@@ -41,7 +41,7 @@ from hera.workflows import (
     models as m,
 )
 
-from ..compare import EXIT_REGRESSED
+from ..errors import EXIT_REGRESSED
 from ..errors import EXIT_BAD_INPUT, EXIT_COLLAPSE
 from .plan import CLUSTERS_OUT, OUTPUTS_DIR, PIPELINE, stage_argv
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import sys
@@ -137,6 +138,22 @@ def _stage_seed(ctx: Context) -> int:
     return {"pretrain": 1, "baseline": 2, "distill": 3}.get(ctx.out.prefix, 100 + (ctx.cluster or 0))
 
 
+def write_clusters_out(path: str, ids: list[int]) -> None:
+    """The non-empty cluster ids as a JSON list: the output parameter Argo's withParam fans out over."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(ids, f, separators=(",", ":"))
+
+
+def write_headline(outputs_dir: str, results: dict) -> None:
+    """One file per headline accuracy: Argo output parameters that feed the template gauges."""
+    os.makedirs(outputs_dir, exist_ok=True)
+    for key in HEADLINE:
+        evaluation, _, model_name = key.split("_")
+        with open(os.path.join(outputs_dir, key), "w") as f:
+            f.write(f"{results[model_name][evaluation]['top1']:.6f}")
+
+
 # ---------------------------------------------------------------------------------------------- stages
 
 
@@ -219,9 +236,7 @@ def cluster(ctx: Context) -> dict:
     ctx.out.bytes("scatter.png", cluster_scatter_png(feats.cpu(), result.assignments, labels))
     ctx.out.bytes("class_distribution.png", class_distribution_png(labels, result.assignments, info["num_classes"], k))
     if ctx.clusters_out:  # Argo reads this file as the output parameter that withParam fans out over
-        os.makedirs(os.path.dirname(os.path.abspath(ctx.clusters_out)), exist_ok=True)
-        with open(ctx.clusters_out, "w") as f:
-            f.write(str(ids).replace(" ", ""))
+        write_clusters_out(ctx.clusters_out, ids)
     print(f"[cluster] k={k} sizes {sizes} ({result.backend})", file=sys.stderr)
     return {"sizes": sizes, "clusters": ids}
 
@@ -342,12 +357,8 @@ def evaluate(ctx: Context) -> dict:
             for evaluation, rep in by_eval.items():
                 for group in ("top1", "many", "medium", "few"):
                     ctx.metrics.accuracy(model_name, "all" if group == "top1" else group, evaluation, rep[group])
-    if ctx.outputs_dir:  # one file per headline number: Argo output parameters -> template gauges
-        os.makedirs(ctx.outputs_dir, exist_ok=True)
-        for key in HEADLINE:
-            evaluation, _, model_name = key.split("_")
-            with open(os.path.join(ctx.outputs_dir, key), "w") as f:
-                f.write(f"{results[model_name][evaluation]['top1']:.6f}")
+    if ctx.outputs_dir:
+        write_headline(ctx.outputs_dir, results)
     return {name: {e: r["top1"] for e, r in by.items()} for name, by in results.items()}
 
 
@@ -389,9 +400,11 @@ def run_stage(name: str, store: Store, cfg: Config | None, *, cluster: int | Non
     prefix = stage_prefix(name, cluster)
     if is_done(store, prefix, chash):
         print(f"[{prefix}] already done for config {chash}; skipping", file=sys.stderr)
-        if clusters_out and name == "cluster":  # Argo's retry of a done cluster step still needs its output
-            with open(clusters_out, "w") as f:
-                f.write(str(store.read_json("cluster/clusters.json")).replace(" ", ""))
+        # Argo reads a step's output parameters even when the step had nothing left to do.
+        if clusters_out and name == "cluster":
+            write_clusters_out(clusters_out, store.read_json("cluster/clusters.json"))
+        if outputs_dir and name == "evaluate":
+            write_headline(outputs_dir, store.read_json("evaluate/metrics.json")["models"])
         return "skipped"
     for need in NEEDS[name]:
         if not is_done(store, need, chash):

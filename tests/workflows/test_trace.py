@@ -1,0 +1,154 @@
+"""Walk the Argo DAGs as the controller would and collect every `lt-ssl` command: they must be the
+commands the local runner runs (`plan.commands`) for the same run URI, config, overrides and clusters."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import pytest
+
+from lt_ssl.cli import _split_overrides
+from lt_ssl.pipeline import plan, validate
+
+from .conftest import spec_of, templates_of
+
+WF_NAME = "cluster-distill-x7k2q"
+
+
+class Trace:
+    """A tiny interpreter for our DAGs: parameters, withParam/withItems, output files of the stages."""
+
+    def __init__(self, obj: dict, params: dict[str, str], cluster_ids: list[int]):
+        spec = spec_of(obj)
+        self.templates = templates_of(obj)
+        self.cluster_ids = cluster_ids
+        declared = {p["name"]: p.get("value", "") for p in spec["arguments"]["parameters"]}
+        assert set(params) <= set(declared), f"unknown parameters {set(params) - set(declared)}"
+        declared |= params
+        self.globals = {"workflow.name": WF_NAME}
+        self.globals |= {f"workflow.parameters.{k}": validate.substitute(v, self.globals) for k, v in declared.items()}
+        self.commands: list[list[str]] = []
+        self.entrypoint = spec["entrypoint"]
+
+    def sub(self, text: str, local: dict[str, str]) -> str:
+        out = validate.substitute(text, self.globals | local)
+        assert "{{" not in out, f"unresolved variable in {text!r} -> {out!r}"
+        return out
+
+    def run(self, name: str, inputs: dict[str, str]) -> dict[str, str]:
+        t = self.templates[name]
+        declared = {p["name"] for p in (t.get("inputs") or {}).get("parameters") or []}
+        assert set(inputs) == declared, f"{name}: given {sorted(inputs)}, declared {sorted(declared)}"
+        local = {f"inputs.parameters.{k}": v for k, v in inputs.items()}
+        if "dag" in t:
+            return self.run_dag(t, local)
+        c = t["container"]
+        argv = [self.sub(a, local) for a in [*c["command"], *c.get("args", [])]]
+        self.commands.append(argv)
+        files = {}
+        if argv[:3] == ["lt-ssl", "stage", "cluster"]:  # the stage writes the non-empty ids here
+            files[argv[argv.index("--clusters-out") + 1]] = json.dumps(self.cluster_ids).replace(" ", "")
+        outputs = {}
+        for p in (t.get("outputs") or {}).get("parameters") or []:
+            path = p["valueFrom"]["path"]
+            outputs[p["name"]] = files.get(path, "0.5")
+        return outputs
+
+    def run_dag(self, t: dict, local: dict[str, str]) -> dict[str, str]:
+        tasks = {task["name"]: task for task in t["dag"]["tasks"]}
+        deps = {n: validate.depends_names(task.get("depends", "")) for n, task in tasks.items()}
+        done: dict[str, dict[str, str]] = {}
+        while len(done) < len(tasks):  # Kahn's order, ties broken by the order the tasks are listed
+            name = next(n for n in tasks if n not in done and all(d in done for d in deps[n]))
+            task = tasks[name]
+            scope = local | {f"tasks.{d}.outputs.parameters.{k}": v for d, out in done.items() for k, v in out.items()}
+            if "withParam" in task:
+                items = json.loads(self.sub(task["withParam"], scope))
+            else:
+                items = task.get("withItems", [None])
+            for item in items:
+                item_scope = dict(scope)
+                if isinstance(item, dict):
+                    item_scope |= {f"item.{k}": str(v) for k, v in item.items()}
+                elif item is not None:
+                    item_scope["item"] = str(item)
+                args = {p["name"]: self.sub(p["value"], item_scope) for p in (task.get("arguments") or {}).get("parameters") or []}
+                done[name] = self.run(task["template"], args)
+        return {}
+
+    def trace(self) -> list[list[str]]:
+        self.run(self.entrypoint, {})
+        return self.commands
+
+
+def lt_ssl_only(cmds: list[list[str]]) -> list[list[str]]:
+    return [c for c in cmds if c[0] == "lt-ssl"]
+
+
+def normalised(argv: list[str]) -> dict[str, Any]:
+    """What the CLI makes of a command, overrides split the way `lt-ssl` splits them."""
+    ns, err = validate.parse_cli(argv[1:])
+    assert ns is not None, f"{argv} does not parse: {err}"
+    d = {k: v for k, v in vars(ns).items() if k != "func"}
+    if "overrides" in d:
+        d["overrides"] = _split_overrides(d["overrides"])
+    return d
+
+
+CASES = [
+    ({}, [0, 1, 2]),
+    ({"config": "/app/configs/cifar10_lt.yaml", "overrides": "cluster.k=3 seed=1", "run-id": "nightly-7",
+      "bucket": "team-bucket"}, [0, 1, 2]),
+    ({"overrides": "cluster.k=8"}, [0, 2, 5]),  # empty clusters leave gaps in the ids
+]
+
+
+@pytest.mark.parametrize("params,ids", CASES)
+def test_cluster_distill_runs_the_local_runners_commands(committed, params, ids):
+    o = committed["cluster_distill.yaml"]
+    got = lt_ssl_only(Trace(o, params, ids).trace())
+    defaults = {p["name"]: p["value"] for p in spec_of(o)["arguments"]["parameters"]}
+    p = defaults | params
+    run_id = p["run-id"].replace("{{workflow.name}}", WF_NAME)
+    run_uri = f"s3://{p['bucket']}/runs/{run_id}"
+    # Argo hands the overrides over as one argument, which the CLI splits: same list either way.
+    assert got == plan.commands(run_uri, p["config"], [p["overrides"]], ids)
+    want = plan.commands(run_uri, p["config"], shlex.split(p["overrides"]), ids)
+    assert [normalised(c) for c in got] == [normalised(c) for c in want]
+
+
+def test_every_expert_gets_a_pod(committed):
+    got = lt_ssl_only(Trace(committed["cluster_distill.yaml"], {}, [0, 1, 2]).trace())
+    experts = [c[c.index("--cluster") + 1] for c in got if c[2] == "expert"]
+    assert experts == ["0", "1", "2"]
+
+
+def test_stages_template_runs_the_same_commands(committed):
+    a = Trace(committed["cluster_distill.yaml"], {}, [0, 1]).trace()
+    b = Trace(committed["lt_ssl_stages.yaml"], {}, [0, 1]).trace()
+    assert lt_ssl_only(a) == lt_ssl_only(b)
+
+
+def test_regression_cron_runs_the_stages_then_compare(committed):
+    o = committed["regression_cron.yaml"]
+    got = lt_ssl_only(Trace(o, {}, [0, 1]).trace())
+    run_uri = f"s3://lt-ssl/runs/{WF_NAME}"
+    stages = plan.commands(run_uri, "/app/configs/regression.yaml", [""], [0, 1])
+    compare = ["lt-ssl", "compare", "--run", run_uri, "--baseline", "/app/configs/regression_baseline.json",
+               "--outputs-dir", plan.OUTPUTS_DIR]
+    assert got == [*stages, compare]
+    assert normalised(compare)["command"] == "compare"
+
+
+def test_baselines_run_the_pipeline_per_item(committed):
+    from lt_ssl.pipeline.argo import baseline_items
+
+    o = committed["baselines.yaml"]
+    got = lt_ssl_only(Trace(o, {"overrides": "pretrain.epochs=300"}, [0]).trace())
+    want = []
+    for item in baseline_items():
+        run_uri = f"s3://lt-ssl/runs/{WF_NAME}-{item['name']}"
+        want += plan.commands(run_uri, "/app/configs/cifar10_lt.yaml", [f"{item['overrides']} pretrain.epochs=300"], [0])
+    assert got == want
