@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,8 @@ def _check_method(m: MethodConfig, key: str) -> None:
 def validate(cfg: Config) -> Config:
     """Checks that types cannot express: choices, ranges, method-specific keys."""
     flat = flatten(to_dict(cfg))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", cfg.name):  # `lt-ssl run` names runs/<name>-<time> after it
+        raise ConfigError(f"name {cfg.name!r} must be a plain name (letters, digits, '.', '_', '-'): it names the run folder")
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}, got {flat[key]!r}")

@@ -131,7 +131,8 @@ def train(
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint for {name} does not fit this model ({str(e).splitlines()[0][:120]}); use a new run") from None
+            detail = " ".join(str(e).split())[:300]  # torch puts the useful part (which keys/shapes) after the first line
+            raise CheckpointError(f"checkpoint for {name} does not fit this model ({detail}); use a new run") from None
         epoch, step = state["epoch"], state["step"]
         print(f"[{name}] resuming from epoch {epoch} step {step}", file=sys.stderr)
 

@@ -21,7 +21,7 @@ from ..config import Config, MethodConfig, TrainConfig, config_hash
 from ..data.augment import augment_batch
 from ..data.datasets import Arrays, load_arrays, select_subset, subset_summary
 from ..data.longtail import class_groups, longtail_indices
-from ..errors import StageError
+from ..errors import DataError, StageError
 from ..evaluate import accuracy_report, assert_unchanged, extract_features, knn_predict, linear_probe, state_snapshot
 from ..methods import DistillStudent, build_method
 from ..models import build_backbone
@@ -183,6 +183,9 @@ def prepare(ctx: Context) -> dict:
         "mean": pixels.mean(axis=(0, 2, 3)).round(6).tolist(),
         "std": pixels.std(axis=(0, 2, 3)).round(6).tolist(),
     }
+    if min(info["std"]) <= 0:  # normalising by it would fail in every later stage
+        raise DataError(f"the {cfg.data.dataset} training images have zero pixel variance (per-channel std {info['std']}): "
+                        "they are blank or constant; check data.root and the files")
     ctx.out.numpy("subset.npy", subset)
     ctx.out.json("info.json", info)
     print(f"[prepare] {cfg.data.dataset} {cfg.data.subset}: {info['subset_size']} of {info['num_images']} images, "

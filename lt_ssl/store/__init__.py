@@ -33,8 +33,10 @@ def open_store(uri: str) -> Store:
         return LocalStore(Path(unquote(parsed.path)))
     if not parsed.netloc or not parsed.path.strip("/"):
         raise RunUriError(f"run URI {uri!r} needs a bucket and a prefix: s3://bucket/runs/<id>")
-    for part in parsed.path.strip("/").split("/"):
-        check_key(part)  # same rules as keys: no '..', no empty parts
+    try:
+        check_key(parsed.path.strip("/"))  # same rules as keys: no '..', no empty parts
+    except RunUriError:
+        raise RunUriError(f"run URI {uri!r} has an empty, '.' or '..' part or odd characters; use s3://bucket/runs/<id>") from None
     from .s3 import S3Store
 
     return S3Store(parsed.netloc, parsed.path.strip("/"))
