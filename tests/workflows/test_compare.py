@@ -135,3 +135,11 @@ def test_committed_baseline_is_well_formed_and_not_a_placeholder():
         v = value["value"] if isinstance(value, dict) else value
         assert 0 < v <= 1, path
         assert path.split(".")[1] in ("knn", "linear")
+
+
+def test_committed_baseline_was_measured_with_the_committed_regression_config():
+    from lt_ssl.config import config_hash, load_config
+
+    raw = json.loads((REPO / "configs" / "regression_baseline.json").read_text())
+    if raw["metrics"]:  # a changed regression config needs a newly measured baseline
+        assert raw["config_hash"] == config_hash(load_config(REPO / "configs" / "regression.yaml"))
