@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import signal
@@ -137,7 +138,7 @@ def train(
         print(f"[{name}] resuming from epoch {epoch} step {step}", file=sys.stderr)
 
     use_cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else contextlib.nullcontext()
     model.train()
 
     def snapshot(e: int, s: int) -> dict:
@@ -196,10 +197,3 @@ def healthy_std(dim: int) -> float:
     """Std of L2-normalised D-dim outputs when they spread over the sphere: 1/sqrt(D) (SimSiam §4)."""
     return 1.0 / math.sqrt(dim)
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

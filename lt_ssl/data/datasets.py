@@ -8,7 +8,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .longtail import balanced_indices, class_groups, longtail_counts, longtail_indices
+from .longtail import balanced_indices, longtail_indices
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,8 @@ def select_subset(data: DataConfig, labels: np.ndarray, num_classes: int) -> np.
     return balanced_indices(labels, total=len(lt), seed=data.split)
 
 
-def subset_summary(labels: np.ndarray, subset: np.ndarray, num_classes: int) -> dict:
-    """Per-class counts of the subset and the many/medium/few thirds recorded with the run."""
-    counts = np.bincount(labels[subset], minlength=num_classes).tolist()
-    return {"class_counts": counts, "groups": class_groups(counts), "size": int(len(subset))}
-
-
-__all__ = ["Arrays", "load_arrays", "select_subset", "subset_summary", "longtail_counts"]
+def group_counts(data: DataConfig, labels: np.ndarray, subset: np.ndarray, num_classes: int) -> list[int]:
+    """Per-class counts that define many/medium/few: always the long-tailed counts of this split, so the
+    balanced and full baselines are scored on the same class groups as the long-tailed run."""
+    lt = longtail_indices(labels, data.imbalance, data.split) if data.imbalance > 1 else subset
+    return np.bincount(labels[lt], minlength=num_classes).tolist()

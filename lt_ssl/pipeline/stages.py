@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from ..cluster import cluster_sizes, kmeans, nonempty_clusters
 from ..config import Config, MethodConfig, TrainConfig, config_hash
 from ..data.augment import augment_batch
-from ..data.datasets import Arrays, load_arrays, select_subset, subset_summary
-from ..data.longtail import class_groups, longtail_indices
+from ..data.datasets import Arrays, group_counts, load_arrays, select_subset
+from ..data.longtail import class_groups
 from ..errors import DataError, StageError
 from ..evaluate import accuracy_report, assert_unchanged, extract_features, knn_predict, linear_probe, state_snapshot
 from ..methods import DistillStudent, build_method
@@ -163,11 +163,8 @@ def prepare(ctx: Context) -> dict:
     arrays = load_arrays(cfg.data, train=True)
     test = load_arrays(cfg.data, train=False)
     subset = select_subset(cfg.data, arrays.labels, arrays.num_classes)
-    summary = subset_summary(arrays.labels, subset, arrays.num_classes)
-    # many/medium/few always follow the long-tailed counts of this split, so the balanced and full
-    # baselines are scored on the same class groups as the long-tailed run they are compared with.
-    lt = longtail_indices(arrays.labels, cfg.data.imbalance, cfg.data.split) if cfg.data.imbalance > 1 else subset
-    group_counts = np.bincount(arrays.labels[lt], minlength=arrays.num_classes).tolist()
+    counts = np.bincount(arrays.labels[subset], minlength=arrays.num_classes).tolist()
+    groups_by = group_counts(cfg.data, arrays.labels, subset, arrays.num_classes)
     pixels = arrays.images[subset].astype(np.float64) / 255.0
     info = {
         "dataset": cfg.data.dataset,
@@ -176,10 +173,10 @@ def prepare(ctx: Context) -> dict:
         "num_classes": arrays.num_classes,
         "image_shape": list(arrays.images.shape[1:]),
         "subset": cfg.data.subset,
-        "subset_size": summary["size"],
-        "class_counts": summary["class_counts"],
-        "group_counts": group_counts,
-        "groups": class_groups(group_counts),
+        "subset_size": int(len(subset)),
+        "class_counts": counts,
+        "group_counts": groups_by,
+        "groups": class_groups(groups_by),
         "mean": pixels.mean(axis=(0, 2, 3)).round(6).tolist(),
         "std": pixels.std(axis=(0, 2, 3)).round(6).tolist(),
     }
