@@ -1,135 +1,152 @@
-"""Run configuration: frozen, typed dataclasses loaded from YAML; unknown keys and wrong types fail."""
+"""Run configuration: frozen, strict pydantic models loaded from YAML; unknown keys and wrong types fail.
+
+Each method owns its config (lt_ssl/methods/<name>.py); `method.name` selects which model validates the
+rest of the `method` section, so a key another method uses (SimCLR's temperature under SimSiam) is refused.
+"""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import re
-import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .methods import DEFAULT_METHOD, METHODS
+from .schema import Float, Section
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Section):
     """The SimSiam/SimCLR CIFAR recipe, applied batched on the device (see lt_ssl.data.augment)."""
 
-    size: int = 32  # output side in pixels (RandomResizedCrop target)
-    crop_scale_min: float = 0.2  # fraction of the image area kept by the random resized crop
-    crop_scale_max: float = 1.0
-    crop_ratio_min: float = 3 / 4  # aspect ratio range, as torchvision
-    crop_ratio_max: float = 4 / 3
-    flip_p: float = 0.5
-    jitter_p: float = 0.8  # probability of applying colour jitter at all
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0  # off for 32x32 CIFAR, as in SimSiam's CIFAR recipe
-    blur_sigma_min: float = 0.1
-    blur_sigma_max: float = 2.0
-    solarize_p: float = 0.0
+    size: int = Field(32, ge=4)  # output side in pixels (RandomResizedCrop target)
+    crop_scale_min: Float = 0.2  # fraction of the image area kept by the random resized crop
+    crop_scale_max: Float = 1.0
+    crop_ratio_min: Float = 3 / 4  # aspect ratio range, as torchvision
+    crop_ratio_max: Float = 4 / 3
+    flip_p: Float = Field(0.5, ge=0, le=1)
+    jitter_p: Float = Field(0.8, ge=0, le=1)  # probability of applying colour jitter at all
+    brightness: Float = Field(0.4, ge=0)
+    contrast: Float = Field(0.4, ge=0)
+    saturation: Float = Field(0.4, ge=0)
+    hue: Float = Field(0.1, ge=0, le=0.5, description="as torchvision's ColorJitter")
+    grayscale_p: Float = Field(0.2, ge=0, le=1)
+    blur_p: Float = Field(0.0, ge=0, le=1)  # off for 32x32 CIFAR, as in SimSiam's CIFAR recipe
+    blur_sigma_min: Float = 0.1
+    blur_sigma_max: Float = 2.0
+    solarize_p: Float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _crop_scale(self):
+        if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
+            raise ConfigError("augment.crop_scale_min/max must satisfy 0 < min <= max <= 1, got "
+                              f"{self.crop_scale_min}, {self.crop_scale_max}")
+        return self
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "digits"  # digits (ships with scikit-learn) | cifar10 | cifar100
-    root: str = ""  # folder (or s3:// prefix) with CIFAR's python batches; unused for digits
+# Datasets read from files under data.root; digits ships with scikit-learn, fashion_mnist has a Debian default path.
+_NEEDS_ROOT = ("cifar10", "cifar100")
+
+
+class DataConfig(Section):
+    dataset: Literal["digits", "cifar10", "cifar100", "fashion_mnist"] = "digits"
+    root: str = ""  # folder (or s3:// prefix) with the dataset's files; unused for digits
     download: bool = False  # fetch CIFAR through torchvision into root (needs internet)
-    subset: str = "longtail"  # longtail | balanced (rescaled to the long-tail size) | full
-    imbalance: float = 100.0  # p = N_max / N_min of the long-tailed subset
+    subset: Literal["longtail", "balanced", "full"] = "longtail"  # balanced is rescaled to the long-tail size
+    imbalance: Float = Field(100.0, ge=1, description="N_max/N_min; 1 = balanced")  # of the long-tailed subset
     split: int = 0  # split seed: shuffles which classes are head and tail (literature uses 0, 1, 2)
-    image_size: int = 0  # digits only: side the 8x8 images are upsampled to; 0 = the dataset's own
+    image_size: int = Field(0, ge=0)  # digits only: side the 8x8 images are upsampled to; 0 = the dataset's own
+
+    @model_validator(mode="after")
+    def _root(self):
+        if self.dataset in _NEEDS_ROOT and not self.root:
+            raise ConfigError(f"data.root must name the folder (or s3:// prefix) holding {self.dataset}'s python batches")
+        return self
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     """One training stage. lr is per 256 images and scaled linearly with batch size (Goyal et al.)."""
 
-    epochs: int = 10
-    batch_size: int = 512
-    lr: float = 0.03  # per 256 images
-    weight_decay: float = 1e-5
-    momentum: float = 0.9
-    optimizer: str = "sgd"  # sgd | lars
-    warmup_epochs: int = 0
-    checkpoint_every: int = 5  # epochs between checkpoints (also written on SIGTERM)
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(512, ge=2, description="two views per batch need pairs")
+    lr: Float = Field(0.03, gt=0)  # per 256 images
+    weight_decay: Float = Field(1e-5, ge=0)
+    momentum: Float = Field(0.9, ge=0)
+    optimizer: Literal["sgd", "lars"] = "sgd"
+    warmup_epochs: int = Field(0, ge=0)
+    checkpoint_every: int = Field(5, ge=1)  # epochs between checkpoints (also written on SIGTERM)
 
 
-@dataclass(frozen=True)
-class MethodConfig:
-    name: str = "simsiam"  # simsiam | simclr
-    proj_dim: int = 2048  # SimSiam: 2048 (paper); SimCLR: 128
-    proj_hidden: int = 2048
-    proj_layers: int = 3  # SimSiam's CIFAR variant uses 2
-    pred_hidden: int = 512  # SimSiam predictor bottleneck
-    temperature: float = 0.0  # SimCLR's NT-Xent temperature; 0 = method default; SimSiam rejects it
+def _method_tag(value: Any) -> Any:
+    # A method section without `name` is the default method's, as before method configs were typed.
+    return value.get("name", DEFAULT_METHOD) if isinstance(value, dict) else getattr(value, "name", None)
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
-    k: int = 3  # number of clusters = number of experts; 1 gives the "+D" ablation (no clustering)
-    backend: str = "auto"  # auto | sklearn | torch | torchpq
-    n_init: int = 3
-    max_iter: int = 100
+# One member per registered method, chosen by `name`.
+MethodConfig = Annotated[
+    Union[tuple(Annotated[cls.Config, Tag(name)] for name, cls in METHODS.items())],  # noqa: UP007
+    Discriminator(_method_tag),
+]
 
 
-@dataclass(frozen=True)
-class ExpertConfig:
-    init: str = "base"  # base (start from the base model, seed 000) | random
+def _default_method():
+    return METHODS[DEFAULT_METHOD].Config()
+
+
+class ClusterConfig(Section):
+    k: int = Field(3, ge=1)  # number of clusters = number of experts; 1 gives the "+D" ablation (no clustering)
+    backend: Literal["auto", "sklearn", "torch", "torchpq"] = "auto"
+    n_init: int = Field(3, ge=1)
+    max_iter: int = Field(100, ge=1)
+
+
+class ExpertConfig(Section):
+    init: Literal["base", "random"] = "base"  # base: start from the base model (seed 000)
     train: TrainConfig = TrainConfig(epochs=180)
 
 
-@dataclass(frozen=True)
-class DistillConfig:
-    head_hidden: int = 2048  # hidden width of each of the K+1 regression heads
-    init: str = "random"  # random | base: the student's starting point
+class DistillConfig(Section):
+    head_hidden: int = Field(2048, ge=1)  # hidden width of each of the K+1 regression heads
+    init: Literal["random", "base"] = "random"  # the student's starting point
     train: TrainConfig = TrainConfig(epochs=80)
 
 
-@dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(Section):
     """A plain SSL model with the same total epoch budget, for the comparison the paper makes."""
 
     enabled: bool = False
-    method: MethodConfig = MethodConfig()
+    method: MethodConfig = Field(default_factory=_default_method)
     train: TrainConfig = TrainConfig(epochs=300)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    linear_epochs: int = 100
-    linear_lr: float = 0.1
-    linear_weight_decay: float = 1e-5
-    batch_size: int = 512  # feature extraction batch
+class EvalConfig(Section):
+    knn_k: int = Field(200, ge=1)
+    knn_temperature: Float = Field(0.1, gt=0)
+    linear_epochs: int = Field(100, ge=1)
+    linear_lr: Float = Field(0.1, gt=0)
+    linear_weight_decay: Float = Field(1e-5, ge=0)
+    batch_size: int = Field(512, ge=1)  # feature extraction batch
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(Section):
     pushgateway_url: str = ""  # empty: env PUSHGATEWAY_URL, or no pushing
     job: str = "lt_ssl"
-    push_every: int = 50  # training steps between progress pushes
+    push_every: int = Field(50, ge=1)  # training steps between progress pushes
 
 
-@dataclass(frozen=True)
-class Config:
-    name: str = "run"
+class Config(Section):
+    name: str = "run"  # names the run folder runs/<name>-<time>
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
-    backbone: str = "small_cnn"  # small_cnn | resnet18_cifar
-    method: MethodConfig = MethodConfig()
+    backbone: Literal["small_cnn", "resnet18_cifar", "resnet18"] = "small_cnn"
+    method: MethodConfig = Field(default_factory=_default_method)
     pretrain: TrainConfig = TrainConfig(epochs=40)
     cluster: ClusterConfig = ClusterConfig()
     expert: ExpertConfig = ExpertConfig()
@@ -138,75 +155,90 @@ class Config:
     evaluate: EvalConfig = EvalConfig()
     metrics: MetricsConfig = MetricsConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):  # `lt-ssl run` names runs/<name>-<time> after it
+            raise ConfigError(f"name {v!r} must be a plain name (letters, digits, '.', '_', '-'): it names the run folder")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not (v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v)):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _epochs(self):
+        for key, t in (("pretrain", self.pretrain), ("distill.train", self.distill.train)):
+            if t.epochs < 1:  # later stages load these stages' models
+                raise ConfigError(f"{key}.epochs must be >= 1, got {t.epochs}")
+        return self
+
+
+# Not part of a run's identity: where the same data are read from, where it runs, what it reports to and its label.
+# `name` only labels the run folder; two configs that differ by name alone give the same numbers.
+_NOT_IDENTITY = ("name", "device", "metrics", "data.root", "data.download")
 
 # ---------------------------------------------------------------------------------------------
-# Loading: YAML -> dict -> typed dataclasses. Every key is checked against the dataclass fields.
-
-_CHOICES = {
-    "data.dataset": ("digits", "cifar10", "cifar100"),
-    "data.subset": ("longtail", "balanced", "full"),
-    "backbone": ("small_cnn", "resnet18_cifar", "resnet18"),
-    "method.name": ("simsiam", "simclr"),
-    "baseline.method.name": ("simsiam", "simclr"),
-    "cluster.backend": ("auto", "sklearn", "torch", "torchpq"),
-    "expert.init": ("base", "random"),
-    "distill.init": ("random", "base"),
-}
-_OPTIMIZERS = ("sgd", "lars")
+# Loading: YAML -> dict -> Config, with pydantic's errors turned into one line naming the key.
 
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _field_model(model: type[BaseModel], part: str) -> type[BaseModel] | None:
+    ann = model.model_fields[part].annotation if part in model.model_fields else None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(typ):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a mapping of {typ.__name__} fields, got {value!r}")
-        return _build(typ, value, key + ".")
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a field type this loader does not know is a bug here
-        raise TypeError(f"unsupported config field type {typ} for {key}")
-    raise ConfigError(f"config key {key!r} must be {typ.__name__}, got {value!r} ({type(value).__name__})")
+def _dotted(loc: tuple) -> tuple[str, type[BaseModel] | None]:
+    """pydantic's error location as a dotted key, and the model that holds its last part."""
+    parts, model, holder = [], Config, Config
+    for i, part in enumerate(loc):
+        if model is None and isinstance(part, str) and part in METHODS and parts and parts[-1] == "method":
+            model = METHODS[part].Config  # the union's tag: not a key the user wrote
+            continue
+        holder = model
+        parts.append(str(part))
+        model = _field_model(model, part) if model is not None else None
+    return ".".join(parts), holder
 
 
-def _build(cls, raw: dict, prefix: str = ""):
-    hints = _hints(cls)
-    unknown = sorted(set(raw) - set(hints))
-    if unknown:
-        known = ", ".join(prefix + k for k in hints)
-        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; known keys here: {known}")
-    default = cls()
-    kwargs = {}
-    for name, typ in hints.items():
-        if name in raw:
-            kwargs[name] = _coerce(raw[name], typ, prefix + name)
-        else:
-            kwargs[name] = getattr(default, name)
-    return cls(**kwargs)
+def _one_line(err: ValidationError) -> str:
+    e = err.errors()[0]
+    key, holder = _dotted(e["loc"])
+    kind, ctx, value = e["type"], e.get("ctx") or {}, e["input"]
+    if kind == "extra_forbidden":
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        known = ", ".join(parent + k for k in (holder.model_fields if holder else ()))
+        return f"unknown config key {key!r}; known keys here: {known}"
+    if kind == "model_type" or kind == "model_attributes_type":
+        return f"config key {key!r} must be a mapping of {ctx.get('class_name', 'config')} fields, got {value!r}"
+    if kind == "union_tag_invalid":
+        return f"config key '{key}.name' must be one of {', '.join(METHODS)}, got {ctx['tag']!r}"
+    if kind == "union_tag_not_found":
+        return f"config key {key!r} must be a mapping with a method name ({', '.join(METHODS)}), got {value!r}"
+    if kind == "literal_error":
+        return f"config key {key!r} must be one of {ctx['expected'].replace(chr(39), '').replace(' or ', ', ')}, got {value!r}"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        name = key.rsplit(".", 1)[-1]
+        desc = holder.model_fields[name].description if holder and name in holder.model_fields else None
+        limit = format(next(iter(ctx.values())), "g")  # 1, not 1.0, for a float field's bound
+        return f"{key} must be {bounds[kind]} {limit}" + (f" ({desc})" if desc else "") + f", got {value!r}"
+    for typ in ("int", "float", "bool", "str"):
+        if kind.startswith(typ + "_"):
+            return f"config key {key!r} must be {typ}, got {value!r} ({type(value).__name__})"
+    return f"config key {key!r}: {e['msg']}, got {value!r}"
 
 
-def _leaf_keys(cls, prefix: str = "") -> list[str]:
+def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
-    for name, typ in _hints(cls).items():
-        if dataclasses.is_dataclass(typ):
-            keys += _leaf_keys(typ, f"{prefix}{name}.")
+    for name, field in model.model_fields.items():
+        sub = _field_model(model, name)
+        if sub is not None:
+            keys += _leaf_keys(sub, f"{prefix}{name}.")
+        elif name == "method":  # every registered method's keys: `temperature=0.2` resolves once a method has it
+            keys += sorted({f"{prefix}method.{k}" for cls in METHODS.values() for k in cls.Config.model_fields})
         else:
             keys.append(prefix + name)
     return keys
@@ -226,89 +258,44 @@ def _resolve_key(key: str) -> str:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` strings (value parsed as YAML) to a raw config dict."""
+    """Apply `key.sub=value` strings (value parsed as YAML) to a raw config dict.
+
+    `method.name=X` naming another method than the file's starts that method section from X's defaults:
+    the file's other method keys belong to the file's method. Name overrides go first, so
+    `method.temperature=0.2 method.name=simclr` keeps the temperature.
+    """
     raw = copy.deepcopy(raw)
+    parsed = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. cluster.k=4)")
         key, text = item.split("=", 1)
-        full = _resolve_key(key.strip())
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        parsed.append((_resolve_key(key.strip()), value))
+    parsed.sort(key=lambda kv: not kv[0].endswith("method.name"))  # stable: the rest keep their order
+    for full, value in parsed:
         node = raw
         *parents, leaf = full.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"config key {part!r} must be a mapping to set {full!r}")
+        if leaf == "name" and parents and parents[-1] == "method" and node.get("name", DEFAULT_METHOD) != value:
+            node.clear()
         node[leaf] = value
     return raw
 
 
-def _check_train(t: TrainConfig, key: str, min_epochs: int = 0) -> None:
-    if t.epochs < min_epochs:
-        raise ConfigError(f"{key}.epochs must be >= {min_epochs}, got {t.epochs}")
-    if t.batch_size < 2:
-        raise ConfigError(f"{key}.batch_size must be >= 2 (two views per batch need pairs), got {t.batch_size}")
-    if t.lr <= 0:
-        raise ConfigError(f"{key}.lr must be > 0, got {t.lr}")
-    if t.weight_decay < 0 or t.momentum < 0:
-        raise ConfigError(f"{key}.weight_decay and {key}.momentum must be >= 0")
-    if t.optimizer not in _OPTIMIZERS:
-        raise ConfigError(f"{key}.optimizer must be one of {', '.join(_OPTIMIZERS)}, got {t.optimizer!r}")
-    if t.warmup_epochs < 0 or t.checkpoint_every < 1:
-        raise ConfigError(f"{key}.warmup_epochs must be >= 0 and {key}.checkpoint_every >= 1")
-
-
-def _check_method(m: MethodConfig, key: str) -> None:
-    if m.name == "simsiam" and m.temperature:
-        raise ConfigError(f"{key}.temperature is not used by SimSiam; remove it (it applies to simclr only)")
-    if m.temperature < 0:
-        raise ConfigError(f"{key}.temperature must be > 0, got {m.temperature}")
-    if min(m.proj_dim, m.proj_hidden, m.pred_hidden) < 1 or m.proj_layers not in (2, 3):
-        raise ConfigError(f"{key}: head sizes must be >= 1 and proj_layers 2 or 3")
-
-
-def validate(cfg: Config) -> Config:
-    """Checks that types cannot express: choices, ranges, method-specific keys."""
-    flat = flatten(to_dict(cfg))
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", cfg.name):  # `lt-ssl run` names runs/<name>-<time> after it
-        raise ConfigError(f"name {cfg.name!r} must be a plain name (letters, digits, '.', '_', '-'): it names the run folder")
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}, got {flat[key]!r}")
-    if cfg.data.imbalance < 1:
-        raise ConfigError(f"data.imbalance must be >= 1 (N_max/N_min; 1 = balanced), got {cfg.data.imbalance}")
-    if cfg.data.dataset != "digits" and not cfg.data.root:
-        raise ConfigError(f"data.root must name the folder (or s3:// prefix) holding {cfg.data.dataset}'s python batches")
-    if cfg.data.image_size < 0:
-        raise ConfigError(f"data.image_size must be >= 0, got {cfg.data.image_size}")
-    if cfg.cluster.k < 1:
-        raise ConfigError(f"cluster.k must be >= 1, got {cfg.cluster.k}")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    _check_method(cfg.method, "method")
-    _check_method(cfg.baseline.method, "baseline.method")
-    _check_train(cfg.pretrain, "pretrain", 1)
-    _check_train(cfg.expert.train, "expert.train")
-    _check_train(cfg.distill.train, "distill.train", 1)
-    _check_train(cfg.baseline.train, "baseline.train")
-    a = cfg.augment
-    if not (0 < a.crop_scale_min <= a.crop_scale_max <= 1) or a.size < 4:
-        raise ConfigError("augment.crop_scale_min/max must satisfy 0 < min <= max <= 1 and augment.size >= 4")
-    if not 0 <= a.hue <= 0.5 or min(a.brightness, a.contrast, a.saturation) < 0:
-        raise ConfigError(f"augment.hue must be in [0, 0.5] (as torchvision's ColorJitter) and jitter strengths >= 0, got hue={a.hue}")
-    if cfg.evaluate.knn_k < 1 or cfg.evaluate.linear_epochs < 1:
-        raise ConfigError("evaluate.knn_k and evaluate.linear_epochs must be >= 1")
-    return cfg
-
-
-def from_dict(raw: dict) -> Config:
+def from_dict(raw: Any) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a YAML mapping, got {type(raw).__name__}")
-    return validate(_build(Config, raw))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -326,18 +313,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return from_dict(apply_overrides(raw, list(overrides)))
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+def to_dict(cfg: BaseModel) -> dict:
+    return cfg.model_dump(mode="python")
 
 
 def to_yaml(cfg: Config) -> str:
@@ -345,6 +322,13 @@ def to_yaml(cfg: Config) -> str:
 
 
 def config_hash(cfg: Config) -> str:
-    """Identity of a resolved config: a stage done under another hash is not reused."""
-    text = json.dumps(to_dict(cfg), sort_keys=True)
+    """Identity of a resolved config: a stage done under another hash is not reused. Covers what changes results."""
+    d = to_dict(cfg)
+    for key in _NOT_IDENTITY:
+        *parents, leaf = key.split(".")
+        node = d
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+    text = json.dumps(d, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lt_ssl.errors import ConfigError, DataError
+from lt_ssl.progress import Progress
 
 
 def extract_features(
@@ -45,7 +46,8 @@ def extract_features(
     backbone.eval()
     chunks = []
     try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
+                Progress(images.shape[0], "features") as bar:
             for start in range(0, images.shape[0], batch_size):
                 x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255.0)
                 if size is not None and tuple(x.shape[-2:]) != (size, size):
@@ -53,6 +55,7 @@ def extract_features(
                 x = (x - mean_t) / std_t
                 # flatten(1) so backbones that end in (B, D, 1, 1) pooling give (B, D) too.
                 chunks.append(backbone(x).flatten(1).float())
+                bar.update(x.shape[0])
     finally:
         for module, training in modes.items():
             module.train(training)

@@ -74,7 +74,3 @@ def embedding_std_tensor(z: Tensor) -> Tensor:
         raise ValueError(f"z must be 2-D (B, D) with B >= 2, got {tuple(z.shape)}")
     return F.normalize(z.float(), dim=-1).std(dim=0).mean()
 
-
-def embedding_std(z: Tensor) -> float:
-    """embedding_std_tensor as a Python float. z: (B, D) -> float."""
-    return embedding_std_tensor(z).item()

@@ -17,10 +17,12 @@ from torch import Tensor, nn
 from .config import TrainConfig
 from .errors import CheckpointError, CollapseError, Preempted
 from .optim import build_optimizer, cosine_lr, scaled_lr
+from .progress import Progress
 from .store import Store
 
-# A step's loss function: (images uint8 (B,3,H,W) on device, batch indices (B,), generator) -> outputs.
-StepFn = Callable[[Tensor, Tensor, torch.Generator], dict]
+# A step's loss function: (images uint8 (B,3,H,W) on device, batch indices (B,), generator, epoch, global step,
+# total steps) -> {"loss": scalar, optional "z_std": detached scalar}.
+StepFn = Callable[[Tensor, Tensor, torch.Generator, int, int, int], dict]
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:
@@ -109,11 +111,14 @@ def train(
     name: str,
     metrics=None,
     collapse_std: float = 0.0,
+    after_step: Callable[[], None] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `images` (N,3,H,W) uint8 (on the training device) for cfg.epochs.
 
     The loss comes from `step_fn`; `param_groups` may mark groups `fix_lr` (kept at their lr).
     `collapse_std`: if an epoch's mean `z_std` falls below it, raise CollapseError.
+    `after_step()` runs after each optimizer step, `on_epoch_end(epoch)` after each epoch (a method's hooks).
     """
     device = images.device
     n = images.shape[0]
@@ -146,7 +151,8 @@ def train(
                 "global_step": e * steps_per_epoch + s}
 
     t_start, seen, last_loss = time.perf_counter(), 0, float("nan")
-    with _TermFlag() as term:
+    bar = Progress(total_steps * batch_size, name, start=(epoch * steps_per_epoch + step) * batch_size)
+    with _TermFlag() as term, bar:
         while epoch < cfg.epochs:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, -1)))
             z_stds = []
@@ -159,18 +165,21 @@ def train(
                     g["lr"] = base_lr if g.get("fix_lr") else lr
                 t0 = time.perf_counter()
                 with autocast:
-                    out = step_fn(images[idx], idx, gen)
+                    out = step_fn(images[idx], idx, gen, epoch, global_step, total_steps)
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise CollapseError(f"{name}: loss became {loss.item()} at epoch {epoch} step {step}; lower the learning rate")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if after_step is not None:
+                    after_step()
                 last_loss = loss.item()
                 if "z_std" in out:
                     z_stds.append(float(out["z_std"]))
                 seen += batch_size
                 step += 1
+                bar.update(batch_size, f"epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f}")
                 ips = batch_size / max(time.perf_counter() - t0, 1e-9)
                 if metrics is not None:
                     metrics.progress(epoch=epoch, step=global_step, loss=last_loss, images_per_second=ips, lr=lr)
@@ -178,8 +187,11 @@ def train(
                     ckpt.save(snapshot(epoch, step))
                     raise Preempted(f"{name}: SIGTERM received; checkpoint written at epoch {epoch} step {step}; rerun to resume")
             elapsed = time.perf_counter() - t_start
-            print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
-                  f"{seen / max(elapsed, 1e-9):.0f} img/s lr {lr:.4g}", file=sys.stderr, flush=True)
+            if not bar.enabled:  # on a terminal the progress line shows this
+                print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
+                      f"{seen / max(elapsed, 1e-9):.0f} img/s lr {lr:.4g}", file=sys.stderr, flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
             if z_stds and collapse_std > 0 and sum(z_stds) / len(z_stds) < collapse_std:
                 raise CollapseError(
                     f"{name}: representations collapsed at epoch {epoch + 1} (std of normalised outputs "
@@ -191,9 +203,4 @@ def train(
     # None, not NaN, when no step ran here (0 epochs, or resumed after the last one): _SUCCESS.json stays strict JSON.
     final = None if math.isnan(last_loss) else last_loss
     return TrainResult(cfg.epochs, total_steps, elapsed, final, seen / max(elapsed, 1e-9))
-
-
-def healthy_std(dim: int) -> float:
-    """Std of L2-normalised D-dim outputs when they spread over the sphere: 1/sqrt(D) (SimSiam §4)."""
-    return 1.0 / math.sqrt(dim)
 

@@ -1,29 +1,50 @@
-"""Self-supervised methods, registered by name, and the distillation student."""
+"""Self-supervised methods, registered by name (one file each), and the distillation student."""
 
 from __future__ import annotations
 
-import inspect
+import argparse
+from typing import Any
 
 from torch import nn
 
 from lt_ssl.errors import ConfigError
+from lt_ssl.methods.base import Batch, Method, Paper
 from lt_ssl.methods.distill import DistillStudent
 from lt_ssl.methods.simclr import SimCLR
 from lt_ssl.methods.simsiam import SimSiam
 
-METHODS: dict[str, type[nn.Module]] = {"simsiam": SimSiam, "simclr": SimCLR}
+METHODS: dict[str, type[Method]] = {
+    "simsiam": SimSiam,
+    "simclr": SimCLR,
+}
+DEFAULT_METHOD = "simsiam"  # the seed paper's method
 
 
-def build_method(name: str, backbone: nn.Module, **hparams) -> nn.Module:
-    """METHODS[name](backbone, **hparams); unknown names and hyperparameters raise ConfigError."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "backbone")]
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise ConfigError(f"unknown hyperparameters {unknown} for method {name!r}; it accepts: {', '.join(accepted)}")
-    return cls(backbone, **hparams)
+def build(backbone: nn.Module, cfg) -> Method:
+    """The method named by cfg.name (a validated config from METHODS[name].Config) around `backbone`."""
+    if cfg.name not in METHODS:
+        raise ConfigError(f"unknown method {cfg.name!r}; known methods: {', '.join(sorted(METHODS))}")
+    return METHODS[cfg.name](backbone, cfg)
 
 
-__all__ = ["METHODS", "DistillStudent", "SimCLR", "SimSiam", "build_method"]
+def describe() -> str:
+    """Each registered method: its paper, then its config keys with their defaults."""
+    lines = []
+    for name, cls in METHODS.items():
+        p = cls.paper
+        lines.append(f"{name}{' (default)' if name == DEFAULT_METHOD else ''}: {p.title}. {p.authors}, {p.year}. {p.url}")
+        lines.append(f"  views per image: {cls.num_views}")
+        for key, field in cls.Config.model_fields.items():
+            if key != "name":
+                lines.append(f"  method.{key} = {field.default!r}")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `lt-ssl methods` on the CLI's subparsers."""
+    p = subparsers.add_parser("methods", help="list the registered SSL methods, their papers and config keys")
+    p.set_defaults(func=lambda args: print(describe()) or 0, debug=False)
+    return p
+
+
+__all__ = ["METHODS", "DEFAULT_METHOD", "Batch", "DistillStudent", "Method", "Paper", "build"]

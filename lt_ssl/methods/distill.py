@@ -12,8 +12,6 @@ from lt_ssl.models.heads import regression_head
 class DistillStudent(nn.Module):
     """Student encoder plus num_heads = K + 1 regression heads: head 0 -> base model, head k + 1 -> expert k."""
 
-    default_optimizer = "sgd"  # the teachers' optimizer (SimSiam); the student is trained like them
-
     def __init__(self, backbone: nn.Module, num_heads: int, target_dim: int, hidden_dim: int):
         super().__init__()
         if num_heads < 2:

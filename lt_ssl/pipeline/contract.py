@@ -40,7 +40,9 @@ def write_config_once(store: Store, cfg: Config) -> None:
         if config_hash(existing) != config_hash(cfg):
             raise StageError(
                 f"{store.uri} already holds a run with a different config; use a new --run, or the same config and overrides to resume it")
-        return
+        if existing == cfg:
+            return
+        # Same results, other surroundings (device, metrics URL, data location): the stages still to run use these.
     store.write_text(CONFIG_KEY, to_yaml(cfg))
 
 

@@ -23,11 +23,12 @@ from ..data.datasets import Arrays, group_counts, load_arrays, select_subset
 from ..data.longtail import class_groups
 from ..errors import DataError, StageError
 from ..evaluate import accuracy_report, assert_unchanged, extract_features, knn_predict, linear_probe, state_snapshot
-from ..methods import DistillStudent, build_method
+from .. import methods
+from ..methods import Batch, DistillStudent, Method
 from ..models import build_backbone
 from ..plots import accuracy_bars_png, class_distribution_png, cluster_scatter_png
 from ..store import Store
-from ..train import Checkpointer, healthy_std, load_checkpoint, train
+from ..train import Checkpointer, load_checkpoint, train
 from . import report
 from .contract import Outputs, is_done, read_config, stage_prefix, write_config_once, write_success
 
@@ -84,11 +85,9 @@ def new_backbone(cfg: Config, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
-def method_kwargs(m: MethodConfig) -> dict:
-    if m.name == "simsiam":
-        return {"proj_dim": m.proj_dim, "pred_hidden": m.pred_hidden, "proj_layers": m.proj_layers}
-    kwargs = {"proj_dim": m.proj_dim, "proj_hidden": m.proj_hidden}
-    return kwargs | ({"temperature": m.temperature} if m.temperature else {})
+def new_method(cfg: Config, m: MethodConfig, device: torch.device) -> Method:
+    """A freshly initialised method (backbone + heads) on `device`."""
+    return methods.build(new_backbone(cfg, device), m).to(device)
 
 
 def model_bytes(model: nn.Module, arch: str) -> bytes:
@@ -104,30 +103,29 @@ def load_model(store: Store, key: str, model: nn.Module, arch: str) -> nn.Module
 
 
 def ssl_arch(cfg: Config, m: MethodConfig) -> str:
-    return f"{m.name}/{cfg.backbone}/{m.proj_dim}"
+    """What a checkpoint must have been made by; head sizes are checked by load_state_dict itself."""
+    return f"{m.name}/{cfg.backbone}"
 
 
-def ssl_step(model: nn.Module, cfg: Config, mean, std) -> Callable:
-    """Two independently augmented views of the same images (B,3,H,W) -> the method's outputs."""
+def ssl_step(model: Method, cfg: Config, mean, std) -> Callable:
+    """model.num_views independently augmented views of the same images (B,3,H,W) -> the method's outputs."""
 
-    def step(x: Tensor, idx: Tensor, gen: torch.Generator) -> dict:
-        x1 = augment_batch(x, cfg.augment, mean, std, generator=gen)  # (B,3,S,S)
-        x2 = augment_batch(x, cfg.augment, mean, std, generator=gen)
+    def step(x: Tensor, idx: Tensor, gen: torch.Generator, epoch: int, global_step: int, total_steps: int) -> dict:
+        views = [augment_batch(x, cfg.augment, mean, std, generator=gen) for _ in range(model.num_views)]  # (B,3,S,S)
         if x.device.type == "cuda":
-            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-        return model(x1, x2)
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return model.loss(Batch(views, idx, epoch, global_step, total_steps))
 
     return step
 
 
-def train_ssl(ctx: Context, model: nn.Module, images: Tensor, tcfg: TrainConfig, m: MethodConfig, info: dict) -> dict:
+def train_ssl(ctx: Context, model: Method, images: Tensor, tcfg: TrainConfig, m: MethodConfig, info: dict) -> dict:
     """Run the training loop for a self-supervised method and store the final weights as model.pt."""
     arch = ssl_arch(ctx.cfg, m)
     ckpt = Checkpointer(ctx.store, ctx.out.prefix, arch)
-    collapse = 0.02 * healthy_std(m.proj_dim) if m.name == "simsiam" else 0.0
     result = train(model, model.param_groups(tcfg.lr), images, ssl_step(model, ctx.cfg, info["mean"], info["std"]),
                    tcfg, ckpt, seed=ctx.cfg.seed + _stage_seed(ctx), name=ctx.name, metrics=ctx.metrics,
-                   collapse_std=collapse)
+                   collapse_std=model.collapse_std(), after_step=model.after_step, on_epoch_end=model.on_epoch_end)
     ctx.out.bytes("model.pt", model_bytes(model, arch))
     return {"train": {"epochs": result.epochs, "steps": result.steps, "seconds": round(result.seconds, 2),
                       "final_loss": result.final_loss, "images_per_second": round(result.images_per_second, 1)}}
@@ -191,10 +189,10 @@ def prepare(ctx: Context) -> dict:
 
 
 def pretrain(ctx: Context) -> dict:
-    """The base SimSiam model on the whole (imbalanced) training subset."""
+    """The base model of the configured method on the whole (imbalanced) training subset."""
     arrays, subset, info = training_images(ctx)
     torch.manual_seed(ctx.cfg.seed)
-    model = build_method(ctx.cfg.method.name, new_backbone(ctx.cfg, ctx.device), **method_kwargs(ctx.cfg.method)).to(ctx.device)
+    model = new_method(ctx.cfg, ctx.cfg.method, ctx.device)
     return train_ssl(ctx, model, to_device(arrays.images[subset], ctx.device), ctx.cfg.pretrain, ctx.cfg.method, info)
 
 
@@ -205,13 +203,13 @@ def baseline(ctx: Context) -> dict:
         return {"enabled": False}
     arrays, subset, info = training_images(ctx)
     torch.manual_seed(ctx.cfg.seed + 2)
-    model = build_method(b.method.name, new_backbone(ctx.cfg, ctx.device), **method_kwargs(b.method)).to(ctx.device)
+    model = new_method(ctx.cfg, b.method, ctx.device)
     return train_ssl(ctx, model, to_device(arrays.images[subset], ctx.device), b.train, b.method, info)
 
 
 def base_model(ctx: Context) -> nn.Module:
-    model = build_method(ctx.cfg.method.name, new_backbone(ctx.cfg, ctx.device), **method_kwargs(ctx.cfg.method))
-    return load_model(ctx.store, "pretrain/model.pt", model.to(ctx.device), ssl_arch(ctx.cfg, ctx.cfg.method))
+    model = new_method(ctx.cfg, ctx.cfg.method, ctx.device)
+    return load_model(ctx.store, "pretrain/model.pt", model, ssl_arch(ctx.cfg, ctx.cfg.method))
 
 
 def cluster(ctx: Context) -> dict:
@@ -242,7 +240,7 @@ def cluster(ctx: Context) -> dict:
 
 
 def expert(ctx: Context) -> dict:
-    """A SimSiam expert on one cluster's images, started from the base model (seed 000) or from scratch."""
+    """An expert of the configured method on one cluster's images, started from the base model (seed 000) or from scratch."""
     cfg, k = ctx.cfg, ctx.cluster
     ids = ctx.store.read_json("cluster/clusters.json")
     if k not in ids:
@@ -255,7 +253,7 @@ def expert(ctx: Context) -> dict:
         model = base_model(ctx)
     else:
         torch.manual_seed(cfg.seed + 100 + k)
-        model = build_method(cfg.method.name, new_backbone(cfg, ctx.device), **method_kwargs(cfg.method)).to(ctx.device)
+        model = new_method(cfg, cfg.method, ctx.device)
     result = train_ssl(ctx, model, to_device(arrays.images[members], ctx.device), cfg.expert.train, cfg.method, info)
     return result | {"cluster": k, "images": int(len(members))}
 
@@ -279,7 +277,7 @@ def distill(ctx: Context) -> dict:
     base = base_model(ctx).backbone.eval()
     experts = {}
     for k in ids:
-        m = build_method(cfg.method.name, new_backbone(cfg, ctx.device), **method_kwargs(cfg.method)).to(ctx.device)
+        m = new_method(cfg, cfg.method, ctx.device)
         experts[k] = load_model(ctx.store, f"expert/{k}/model.pt", m, ssl_arch(cfg, cfg.method)).backbone.eval()
     for teacher in (base, *experts.values()):
         teacher.requires_grad_(False)
@@ -293,7 +291,7 @@ def distill(ctx: Context) -> dict:
     student = DistillStudent(student_backbone, cfg.cluster.k + 1, base.out_dim, cfg.distill.head_hidden).to(ctx.device)
     mean, std = info["mean"], info["std"]
 
-    def step(x: Tensor, idx: Tensor, gen: torch.Generator) -> dict:
+    def step(x: Tensor, idx: Tensor, gen: torch.Generator, epoch: int, global_step: int, total_steps: int) -> dict:
         view = augment_batch(x, cfg.augment, mean, std, generator=gen)  # one view (B,3,S,S)
         cid = assignments[idx]  # (B,) each image's cluster
         t_base = _teacher_targets(base, view)  # (B,D)
@@ -329,8 +327,8 @@ def evaluate(ctx: Context) -> dict:
     models["student"] = load_model(ctx.store, "distill/model.pt", student.to(ctx.device),
                                    f"distill/{cfg.backbone}/{cfg.cluster.k}").backbone
     if cfg.baseline.enabled:
-        b = build_method(cfg.baseline.method.name, new_backbone(cfg, ctx.device), **method_kwargs(cfg.baseline.method))
-        models["baseline"] = load_model(ctx.store, "baseline/model.pt", b.to(ctx.device),
+        b = new_method(cfg, cfg.baseline.method, ctx.device)
+        models["baseline"] = load_model(ctx.store, "baseline/model.pt", b,
                                         ssl_arch(cfg, cfg.baseline.method)).backbone
 
     results: dict[str, dict] = {}

@@ -192,7 +192,7 @@ CASES = [
     Case("wrong-type-float", prepare_digits("data.imbalance=[1,2]"), "config key 'data.imbalance' must be float, got [1, 2]"),
     Case("wrong-type-bool", prepare_digits("baseline.enabled=maybe"), "config key 'baseline.enabled' must be bool, got 'maybe'"),
     Case("wrong-type-section", with_config_file("pretrain: 3\n"), "config key 'pretrain' must be a mapping of TrainConfig fields"),
-    Case("zero-imbalance", prepare_digits("data.imbalance=0"), "data.imbalance must be >= 1 (N_max/N_min; 1 = balanced), got 0.0"),
+    Case("zero-imbalance", prepare_digits("data.imbalance=0"), "data.imbalance must be >= 1 (N_max/N_min; 1 = balanced), got 0"),
     Case("negative-imbalance", prepare_digits("data.imbalance=-10"), "data.imbalance must be >= 1"),
     Case("zero-clusters", prepare_digits("cluster.k=0"), "cluster.k must be >= 1, got 0"),
     Case("ambiguous-override", prepare_digits("epochs=3"), "override key 'epochs' is ambiguous: use one of pretrain.epochs"),
@@ -261,7 +261,7 @@ CASES = [
          "has no config.yaml; run `lt-ssl stage prepare --run"),
     # ---------------------------------------------------------------- checkpoints
     Case("checkpoint-of-another-architecture", on_base("expert", "--cluster", "0"),
-         "holds a 'simclr/small_cnn/128' model, this stage builds 'simsiam/small_cnn/32'; use a new run",
+         "holds a 'simclr/small_cnn/128' model, this stage builds 'simsiam/small_cnn'; use a new run",
          setup=plant("expert/0/ckpt/step-000000001.pt", ckpt("simclr/small_cnn/128")),
          teardown=unplant("expert/0/ckpt/step-000000001.pt")),
     Case("checkpoint-with-other-shapes", on_base("expert", "--cluster", "0"), "does not fit this model (Error(s) in loading state_dict for SimSiam: Missing key(s)",
@@ -278,7 +278,7 @@ CASES = [
          setup=plant("expert/0/ckpt/step-000000001.pt", lambda c: malicious_pickle(c.marker)),
          teardown=unplant("expert/0/ckpt/step-000000001.pt"), no_marker=True),
     Case("model-of-another-architecture", on_base("expert", "--cluster", "1"),
-         "pretrain/model.pt holds a 'simclr/small_cnn/128' model, this stage builds 'simsiam/small_cnn/32'",
+         "pretrain/model.pt holds a 'simclr/small_cnn/128' model, this stage builds 'simsiam/small_cnn'",
          setup=plant("pretrain/model.pt", ckpt("simclr/small_cnn/128")), teardown=unplant("pretrain/model.pt")),
     # ---------------------------------------------------------------- storage
     Case("s3-wrong-credentials", lambda c: s3_prepare(c, c.s3_env().uri("runs/existing")),

@@ -124,3 +124,30 @@ def test_longtail_subset_recorded_with_groups(done_run):
     groups = info["groups"]
     assert sorted(groups["many"] + groups["medium"] + groups["few"]) == list(range(10))
     assert min(counts[groups["many"]]) >= max(counts[groups["few"]])
+
+
+def test_resume_with_other_metrics_url_and_device_skips_every_stage(done_run, monkeypatch, capsys):
+    """A run's identity is what changes results: a new Pushgateway URL or device resumes, and finds nothing to do."""
+    from lt_ssl.pipeline import local
+    from lt_ssl.pipeline.contract import read_config
+    from tests.conftest import TINY
+
+    store, cfg, ids, _ = done_run
+
+    def no_stage_may_start(argv, *args):
+        raise AssertionError(f"a finished stage was started again: {argv}")
+
+    monkeypatch.setattr(local, "_execute", no_stage_may_start)
+    overrides = [*TINY, "metrics.pushgateway_url=http://127.0.0.1:9/unreachable"]
+    assert local.run(QUICKSTART, overrides, store.uri, workers=1, device="cpu", debug=False) == 0
+    err = capsys.readouterr().err
+    prefixes = ["prepare", "pretrain", "baseline", "cluster", *[f"expert/{k}" for k in ids], "distill", "evaluate"]
+    for prefix in prefixes:
+        assert f"[{prefix}] already done for config" in err, prefix
+    # The stages still to run in this run would push to the new URL.
+    assert read_config(store).metrics.pushgateway_url == "http://127.0.0.1:9/unreachable"
+    new = load_config(QUICKSTART, overrides)
+    for prefix in prefixes:  # and the stage contract, called directly on the new device, skips too
+        stage, _, k = prefix.partition("/")
+        assert run_stage(stage, store, new if stage == "prepare" else None, cluster=int(k) if k else None,
+                         device="cpu") == "skipped"

@@ -35,11 +35,16 @@ def test_overrides_dotted_and_unambiguous_leaf():
     (["data.imbalance=0"], "imbalance must be >= 1"),
     (["data.imbalance=-5"], "imbalance must be >= 1"),
     (["cluster.k=0"], "cluster.k must be >= 1"),
-    (["method.temperature=0.5"], "not used by SimSiam"),
+    (["method.temperature=0.5"], "unknown config key 'method.temperature'; known keys here: method.name, method.proj_dim"),
+    (["baseline.method.temperature=0.5"], "unknown config key 'baseline.method.temperature'"),
+    (["method.name=byol"], "config key 'method.name' must be one of simsiam, simclr"),
+    (["method.name=simclr", "method.temperature=0"], "method.temperature must be > 0, got 0"),
+    (["method.proj_layers=4"], "config key 'method.proj_layers' must be one of 2, 3, got 4"),
     (["data.dataset=mnist"], "must be one of digits"),
-    (["pretrain.optimizer=adam"], "optimizer must be one of"),
+    (["pretrain.optimizer=adam"], "'pretrain.optimizer' must be one of sgd, lars"),
     (["cluster"], "not key=value"),
-    (["augment.hue=0.7"], "hue must be in"),
+    (["augment.hue=0.7"], r"augment.hue must be <= 0.5 \(as torchvision's ColorJitter\), got 0.7"),
+    (["device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -78,3 +83,28 @@ def test_config_is_frozen_and_overrides_do_not_mutate_input():
     assert raw == {"cluster": {"k": 2}}
     with pytest.raises(Exception):
         Config().seed = 3  # type: ignore[misc]
+
+
+def test_method_name_override_starts_from_that_methods_defaults():
+    # The quickstart's method keys are SimSiam's; switching method must not carry them over.
+    cfg = load_config(QUICKSTART, ["method.temperature=0.2", "method.name=simclr"])
+    assert cfg.method.name == "simclr" and cfg.method.temperature == 0.2 and cfg.method.proj_dim == 128
+    # The same name keeps the file's keys.
+    assert load_config(QUICKSTART, ["method.name=simsiam"]).method == load_config(QUICKSTART).method
+
+
+def test_method_section_without_name_is_the_default_method(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  proj_dim: 64\n")
+    m = load_config(path).method
+    assert (m.name, m.proj_dim) == ("simsiam", 64)
+
+
+def test_config_hash_covers_only_what_changes_results():
+    cfg = load_config(QUICKSTART)
+    same = ["device=cpu", "metrics.pushgateway_url=http://pgw:9091", "metrics.job=other", "name=renamed",
+            "data.root=/elsewhere", "data.download=true"]
+    for override in same:
+        assert config_hash(load_config(QUICKSTART, [override])) == config_hash(cfg), override
+    for override in ["seed=1", "method.proj_dim=256", "cluster.k=4", "augment.size=12", "data.imbalance=20"]:
+        assert config_hash(load_config(QUICKSTART, [override])) != config_hash(cfg), override

@@ -8,16 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from lt_ssl.errors import ConfigError
 from lt_ssl.losses import (
     distill_loss,
-    embedding_std,
+    embedding_std_tensor,
     negative_cosine,
     nt_xent_loss,
     simsiam_loss,
 )
-from lt_ssl.methods import METHODS, build_method
-from lt_ssl.models import build_backbone
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -105,7 +102,7 @@ def test_distill_loss_matches_reference_and_detaches_targets():
         lambda: nt_xent_loss(torch.zeros(4, 8), torch.zeros(5, 8), 0.5),
         lambda: nt_xent_loss(torch.zeros(2, 4, 8), torch.zeros(2, 4, 8), 0.5),
         lambda: distill_loss(torch.zeros(4, 8), torch.zeros(4, 8), torch.zeros(4, 8), torch.zeros(4, 9)),
-        lambda: embedding_std(torch.zeros(8)),
+        lambda: embedding_std_tensor(torch.zeros(8)),
     ],
 )
 def test_shape_errors_name_the_shapes(call):
@@ -116,44 +113,5 @@ def test_shape_errors_name_the_shapes(call):
 def test_embedding_std_healthy_and_collapsed():
     d = 64
     z = torch.randn(4096, d, generator=torch.Generator().manual_seed(5))
-    assert embedding_std(z) == pytest.approx(1 / math.sqrt(d), rel=0.05)
-    assert embedding_std(torch.ones(32, d) * 3.0) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_build_method_errors():
-    with pytest.raises(ConfigError, match="simclr, simsiam"):
-        build_method("byol", build_backbone("small_cnn"))
-    with pytest.raises(ConfigError, match="proj_dimm"):
-        build_method("simsiam", build_backbone("small_cnn"), proj_dimm=3)
-
-
-def _views(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    # Cheap augmentations: random horizontal flip plus gaussian noise.
-    flip = torch.rand(x.shape[0], 1, 1, 1, generator=g) < 0.5
-    x = torch.where(flip, x.flip(-1), x)
-    return x + 0.1 * torch.randn(x.shape, generator=g)
-
-
-@pytest.mark.parametrize(
-    "name, hparams, lr",
-    [
-        ("simsiam", dict(proj_dim=64, pred_hidden=16, proj_layers=2), 0.05),
-        ("simclr", dict(proj_dim=32, proj_hidden=64, temperature=0.5), 0.05),
-    ],
-)
-def test_method_loss_falls_on_tiny_data(name, hparams, lr):
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(32, 3, 16, 16, generator=g)
-    model = build_method(name, build_backbone("small_cnn"), **hparams)
-    assert isinstance(model, METHODS[name])
-    opt = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
-    losses = []
-    for _ in range(15):
-        out = model(_views(images, g), _views(images, g))
-        assert out["loss"].dim() == 0 and not out["z_std"].requires_grad
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
+    assert embedding_std_tensor(z).item() == pytest.approx(1 / math.sqrt(d), rel=0.05)
+    assert embedding_std_tensor(torch.ones(32, d) * 3.0).item() == pytest.approx(0.0, abs=1e-6)

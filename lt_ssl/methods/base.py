@@ -1,0 +1,63 @@
+"""What the training loop and the stages need from a self-supervised method; optional hooks default to no-ops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from lt_ssl.schema import Section
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    authors: str
+    year: int
+    url: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step's input to a method's loss."""
+
+    views: list[Tensor]  # num_views independently augmented views, each (B, 3, S, S), normalised
+    idx: Tensor  # (B,) long: the images' positions in the training set (per-sample statistics key on it)
+    epoch: int  # 0-based
+    step: int  # global step, 0-based
+    total_steps: int
+
+
+class Method(nn.Module):
+    """backbone + the method's heads. A method file subclasses this, sets Config, paper, and writes loss().
+
+    Config: the method's typed config; its `name: Literal["..."]` selects it under `method.name`.
+    """
+
+    Config: ClassVar[type[Section]]
+    paper: ClassVar[Paper]
+    num_views: ClassVar[int] = 2
+
+    def __init__(self, backbone: nn.Module, cfg: Section):
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        """{"loss": scalar with grad, optional "z_std": detached scalar the collapse rule reads}."""
+        raise NotImplementedError
+
+    def param_groups(self, base_lr: float) -> list[dict]:
+        """One scheduled group with every parameter; `fix_lr: True` keeps a group at base_lr."""
+        return [{"params": list(self.parameters()), "lr": base_lr, "fix_lr": False}]
+
+    def collapse_std(self) -> float:
+        """An epoch whose mean "z_std" falls below this raises CollapseError; 0 = the method has no such rule."""
+        return 0.0
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (momentum/EMA targets)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after each finished epoch (per-sample statistics)."""
