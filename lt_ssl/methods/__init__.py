@@ -32,7 +32,7 @@ def describe() -> str:
     lines = []
     for name, cls in METHODS.items():
         p = cls.paper
-        lines.append(f"{name}{' (default)' if name == DEFAULT_METHOD else ''}: {p.title}. {p.authors}, {p.year}. {p.url}")
+        lines.append(f"{name}{' (default)' if name == DEFAULT_METHOD else ''}: {p.title}. {p.authors}, {p.year or 'year not given'}. {p.url}")
         lines.append(f"  views per image: {cls.num_views}")
         for key, field in cls.Config.model_fields.items():
             if key != "name":

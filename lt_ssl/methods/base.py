@@ -14,7 +14,7 @@ from lt_ssl.schema import Section
 class Paper:
     title: str
     authors: str
-    year: int
+    year: int | None  # None where the source gives none (a thesis' code without a dated paper)
     url: str
 
 

@@ -127,7 +127,7 @@ def unplant(key: str) -> Callable[[Ctx], None]:
     return teardown
 
 
-def ckpt(arch: str = "simsiam/small_cnn/32", model: dict | None = None) -> Callable[[Ctx], bytes]:
+def ckpt(arch: str = "simsiam/small_cnn", model: dict | None = None) -> Callable[[Ctx], bytes]:
     import torch
 
     def data(c: Ctx) -> bytes:
