@@ -10,12 +10,14 @@ from torch import nn
 from lt_ssl.errors import ConfigError
 from lt_ssl.methods.base import Batch, Method, Paper
 from lt_ssl.methods.distill import DistillStudent
+from lt_ssl.methods.lotar import LoTaR
 from lt_ssl.methods.simclr import SimCLR
 from lt_ssl.methods.simsiam import SimSiam
 
 METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "simclr": SimCLR,
+    "lotar": LoTaR,
 }
 DEFAULT_METHOD = "simsiam"  # the seed paper's method
 
