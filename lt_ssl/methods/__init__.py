@@ -11,6 +11,7 @@ from lt_ssl.errors import ConfigError
 from lt_ssl.methods.base import Batch, Method, Paper
 from lt_ssl.methods.distill import DistillStudent
 from lt_ssl.methods.lotar import LoTaR
+from lt_ssl.methods.sdclr import SDCLR
 from lt_ssl.methods.simclr import SimCLR
 from lt_ssl.methods.simsiam import SimSiam
 
@@ -18,6 +19,7 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "simclr": SimCLR,
     "lotar": LoTaR,
+    "sdclr": SDCLR,
 }
 DEFAULT_METHOD = "simsiam"  # the seed paper's method
 
