@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .pipeline.plan import PLANS
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Config:
     name: str = "run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    plan: str = "recipe"  # the stage graph to run: a name in lt_ssl.pipeline.plan.PLANS (recipe | plain)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     backbone: str = "small_cnn"  # small_cnn | resnet18_cifar
@@ -143,6 +145,7 @@ class Config:
 # Loading: YAML -> dict -> typed dataclasses. Every key is checked against the dataclass fields.
 
 _CHOICES = {
+    "plan": tuple(PLANS),
     "data.dataset": ("digits", "cifar10", "cifar100"),
     "data.subset": ("longtail", "balanced", "full"),
     "backbone": ("small_cnn", "resnet18_cifar", "resnet18"),

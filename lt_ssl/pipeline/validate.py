@@ -350,8 +350,6 @@ def retried(expression: str, exit_code: int) -> bool:
 
 def semantic_problems(obj: dict, registry: dict[str, dict] | None = None) -> list[str]:
     """Checks no schema makes. `registry`: WorkflowTemplate name -> object, for templateRef."""
-    from .plan import PIPELINE
-
     registry = registry or {}
     spec = _spec(obj)
     problems: list[str] = []
@@ -529,7 +527,7 @@ def semantic_problems(obj: dict, registry: dict[str, dict] | None = None) -> lis
 
     for metric in (spec.get("metrics") or {}).get("prometheus") or []:
         problems += _metric_problems(metric, "spec", metric_shapes)
-    problems += _fan_out_problems(templates, {s.stage for s in PIPELINE if s.fan_out})
+    problems += _fan_out_problems(templates)
     return problems
 
 
@@ -600,31 +598,36 @@ def _metric_problems(metric: dict, where: str, shapes: dict[str, tuple]) -> list
     return problems
 
 
-def _fan_out_problems(templates: dict[str, dict], fan_out_stages: set[str]) -> list[str]:
-    """The expert fan-out must iterate over the cluster task's output, read from the file the cluster
-    stage writes (`--clusters-out`)."""
+def _fan_out_problems(templates: dict[str, dict]) -> list[str]:
+    """A fan-out stage must iterate over its source stage's output parameter, read from the file that
+    stage writes (the output option of `plan.Output`)."""
+    from .plan import PLANS
+
+    sources = {s.name: p.stage(s.fan_out) for p in PLANS.values() for s in p.stages if s.fan_out}
     problems = []
     for name, t in templates.items():
         tasks = {task.get("name"): task for task in _invocations(t)} if "dag" in t else {}
         for task in tasks.values():
-            if task.get("template") not in fan_out_stages:
+            source = sources.get(task.get("template"))
+            if source is None:
                 continue
             where = f"template {name!r} task {task.get('name')!r}"
             mt = re.fullmatch(r"\{\{tasks\.([\w-]+)\.outputs\.parameters\.([\w-]+)\}\}", str(task.get("withParam", "")))
             if not mt:
-                problems.append(f"{where}: a fan-out stage must iterate withParam over the cluster task's output parameter")
+                problems.append(f"{where}: a fan-out stage must iterate withParam over the {source.name} task's output parameter")
                 continue
             src = tasks.get(mt.group(1))
-            cluster_t = templates.get((src or {}).get("template"))
-            if cluster_t is None or cluster_t.get("name") != "cluster":
-                problems.append(f"{where}: withParam reads task {mt.group(1)!r}, which does not run the cluster stage")
+            source_t = templates.get((src or {}).get("template"))
+            if source_t is None or source_t.get("name") != source.name:
+                problems.append(f"{where}: withParam reads task {mt.group(1)!r}, which does not run the {source.name} stage")
                 continue
-            args = (cluster_t.get("container") or {}).get("args") or []
-            out = _params(cluster_t.get("outputs")).get(mt.group(2), {})
-            written = args[args.index("--clusters-out") + 1] if "--clusters-out" in args else None
+            args = (source_t.get("container") or {}).get("args") or []
+            out = _params(source_t.get("outputs")).get(mt.group(2), {})
+            flag = source.output.flag
+            written = args[args.index(flag) + 1] if flag in args else None
             if written is None or (out.get("valueFrom") or {}).get("path") != written:
-                problems.append(f"{where}: output {mt.group(2)!r} of the cluster template must be read from the "
-                                f"--clusters-out file ({written})")
+                problems.append(f"{where}: output {mt.group(2)!r} of the {source.name} template must be read from the "
+                                f"{flag} file ({written})")
     return problems
 
 
