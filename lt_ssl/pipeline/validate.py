@@ -114,7 +114,10 @@ def _path(parts) -> str:
 
 def schema_problems(obj: dict) -> list[str]:
     """Errors of `obj` against its kind's CRD schema, strictly (unknown fields included)."""
-    import jsonschema
+    try:
+        import jsonschema
+    except ImportError:
+        raise LtSslError("validating Argo objects needs the argo extra: pip install 'lt-ssl[argo]'") from None
 
     kind = obj.get("kind") if isinstance(obj, dict) else None
     if kind not in CRD_FILES:
