@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lt_ssl import compare
+from lt_ssl.cli import build_parser
 from lt_ssl.errors import ConfigError, StageError
 from lt_ssl.pipeline import validate
 from lt_ssl.store import open_store
@@ -39,7 +40,7 @@ def baseline(tmp_path: Path, metrics: dict, tolerance: float = 0.02, **extra) ->
 
 
 def cli(*argv: str):
-    return validate.cli_parser().parse_args(["compare", *argv])
+    return build_parser().parse_args(["compare", *argv])
 
 
 def test_no_regression_exits_0_and_writes_outputs(run, tmp_path, capsys):
