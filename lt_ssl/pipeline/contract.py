@@ -55,8 +55,8 @@ def check_needs(store: Store, plan: Plan, stage: Stage, chash: str) -> None:
             continue
         missing = [k for k in fan_out_ids(store, plan, dep) if not is_done(store, stage_prefix(need, k), chash)]
         if missing:
-            raise StageError(f"stage {stage.name} needs every {need}; {need} {missing} are not done: "
-                             f"run `lt-ssl stage {need} --run {store.uri} --cluster K` for them")
+            raise StageError(f"stage {stage.name} needs every {need}; {need}s {missing} are not done: "
+                             f"run `lt-ssl stage {need} --cluster K --run {store.uri}` for them")
 
 
 def write_output(output: Output, store: Store, path: str) -> None:

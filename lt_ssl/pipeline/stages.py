@@ -363,8 +363,10 @@ def run_stage(name: str, store: Store, cfg: Config | None, *, cluster: int | Non
     if name not in plan.names:
         raise StageError(f"stage {name} is not in this run's plan {plan.name!r} ({' -> '.join(plan.names)})")
     stage = plan.stage(name)
-    if bool(stage.fan_out) != (cluster is not None):
-        raise StageError(f"--cluster K is required for the {name} stage and only for fan-out stages")
+    if stage.fan_out and cluster is None:
+        raise StageError(f"--cluster K is required for stage {name}: it runs once per {stage.fan_out} id")
+    if cluster is not None and not stage.fan_out:
+        raise StageError(f"stage {name} takes no --cluster K: it runs once, not per cluster id")
     if output_path and not stage.output:
         raise StageError(f"stage {name} writes no files for Argo; drop the output option")
     chash = config_hash(cfg)
