@@ -15,7 +15,7 @@ help:
 
 $(BIN)/lt-ssl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e . $(DEV_PINS)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[argo]' $(DEV_PINS)
 	@touch $@
 
 install: $(BIN)/lt-ssl

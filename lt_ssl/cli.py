@@ -10,9 +10,9 @@ import sys
 import traceback
 
 from .errors import EXIT_UNEXPECTED, LtSslError
+from .pipeline.plan import CONFIG_STAGES, OUTPUT_FLAGS, STAGE_NAMES
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
-STAGE_NAMES = ("prepare", "pretrain", "baseline", "cluster", "expert", "distill", "evaluate")
 
 
 def _split_overrides(items: list[str]) -> list[str]:
@@ -38,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stage", parents=[common], help="run one stage under the stage contract")
     s.add_argument("name", choices=STAGE_NAMES)
     s.add_argument("--run", required=True, help="run URI: file:///abs/path/runs/<id> or s3://bucket/runs/<id>")
-    s.add_argument("--cluster", type=int, default=None, help="cluster id (expert stage only)")
-    s.add_argument("--config", default=None, help="YAML run config (prepare stage only)")
-    s.add_argument("--clusters-out", default=None, help="write the non-empty cluster ids as JSON here (cluster stage)")
-    s.add_argument("--outputs-dir", default=None, help="write headline metrics one per file here (evaluate stage)")
-    s.add_argument("overrides", nargs="*", help="key.sub=value overrides (prepare stage only)")
+    first = "/".join(sorted(CONFIG_STAGES))
+    s.add_argument("--cluster", type=int, default=None, help="cluster id (fan-out stages only: expert)")
+    s.add_argument("--config", default=None, help=f"YAML run config ({first} stage only)")
+    for flag, stages in OUTPUT_FLAGS.items():
+        s.add_argument(flag, default=None, help=f"write the files Argo reads as output parameters here "
+                                                f"({'/'.join(sorted(stages))} stage)")
+    s.add_argument("overrides", nargs="*", help=f"key.sub=value overrides ({first} stage only)")
 
     from . import compare, methods, runs
     from .pipeline import submit
@@ -65,13 +67,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .store import open_store
 
         overrides = _split_overrides(args.overrides)
-        if args.name != "prepare" and (args.config or overrides):
-            raise LtSslError(f"stage {args.name} reads the run's config.yaml; --config and overrides go to stage prepare")
-        cfg = load_config(args.config, overrides) if args.name == "prepare" else None
+        if args.name not in CONFIG_STAGES and (args.config or overrides):
+            raise LtSslError(f"stage {args.name} reads the run's config.yaml; --config and overrides go to stage "
+                             f"{'/'.join(sorted(CONFIG_STAGES))}")
+        cfg = load_config(args.config, overrides) if args.name in CONFIG_STAGES else None
+        given = {flag: getattr(args, _dest(flag)) for flag in OUTPUT_FLAGS if getattr(args, _dest(flag))}
+        wrong = [flag for flag in given if args.name not in OUTPUT_FLAGS[flag]]
+        if wrong:
+            raise LtSslError(f"{wrong[0]} is for stage {'/'.join(sorted(OUTPUT_FLAGS[wrong[0]]))}, not {args.name}")
         run_stage(args.name, open_store(args.run), cfg, cluster=args.cluster, device=args.device,
-                  clusters_out=args.clusters_out, outputs_dir=args.outputs_dir)
+                  output_path=next(iter(given.values()), None))
         return 0
     return args.func(args)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

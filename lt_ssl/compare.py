@@ -69,8 +69,7 @@ def load_baseline(path: str | Path) -> dict:
     if not isinstance(raw, dict) or not isinstance(raw.get("metrics"), dict):
         raise ConfigError(f"baseline file {path} must be a JSON object with a \"metrics\" object")
     if not raw["metrics"]:
-        todo = f" ({raw['TODO']})" if raw.get("TODO") else ""
-        raise ConfigError(f"baseline file {path} holds no metrics yet{todo}; fill it from a measured run")
+        raise ConfigError(f"baseline file {path} holds no metrics yet; fill it from a measured run")
     tol = raw.get("tolerance")
     if not _is_number(tol) or tol < 0:
         raise ConfigError(f"baseline file {path}: \"tolerance\" must be a number >= 0, got {tol!r}")

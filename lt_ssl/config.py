@@ -18,6 +18,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, fiel
 
 from .errors import ConfigError
 from .methods import DEFAULT_METHOD, METHODS
+from .pipeline.plan import PLANS
 from .schema import Float, Section
 
 
@@ -143,6 +144,7 @@ class Config(Section):
     name: str = "run"  # names the run folder runs/<name>-<time>
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    plan: str = "recipe"  # the stage graph to run: a name in lt_ssl.pipeline.plan.PLANS (recipe | plain)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     backbone: Literal["small_cnn", "resnet18_cifar", "resnet18"] = "small_cnn"
@@ -160,6 +162,13 @@ class Config(Section):
     def _plain_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):  # `lt-ssl run` names runs/<name>-<time> after it
             raise ConfigError(f"name {v!r} must be a plain name (letters, digits, '.', '_', '-'): it names the run folder")
+        return v
+
+    @field_validator("plan")
+    @classmethod
+    def _known_plan(cls, v: str) -> str:
+        if v not in PLANS:
+            raise ConfigError(f"plan must be one of {', '.join(PLANS)}, got {v!r}")
         return v
 
     @field_validator("device")

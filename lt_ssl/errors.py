@@ -45,6 +45,12 @@ class StorageError(LtSslError):
     exit_code = EXIT_STORAGE
 
 
+class StorageAccessError(StorageError):
+    """The store refused the credentials, or the bucket does not exist: only a user can fix it."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class CollapseError(LtSslError):
     """Representations collapsed (std of normalised outputs fell towards 0)."""
 

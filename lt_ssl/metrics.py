@@ -5,7 +5,7 @@ written next to the stage's outputs as `metrics.prom` (text exposition format).
     m.progress(epoch, step, loss, images_per_second, lr)   # pushes on the 1st call and every push_every
     m.accuracy("student", "few", "knn", 0.41)
     m.stage_duration(812.5)
-    m.push()                                               # at the end of the stage (or `with m:`)
+    m.push()                                               # at the end of the stage
     store.write_bytes("expert/2/metrics.prom", m.exposition())
 
 Series (Prometheus naming: one `lt_ssl_` prefix, base units, `_ratio` for 0..1; every label has a
@@ -29,16 +29,12 @@ import logging
 import os
 import re
 import time
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.exposition import delete_from_gateway, push_to_gateway
+from prometheus_client.exposition import push_to_gateway
 
 log = logging.getLogger(__name__)
 
-PREFIX = "lt_ssl_"
-_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_RESERVED_LABELS = {"job", "run", "instance"}  # set by the grouping key / the scrape
 _PUSH_TIMEOUT_S = 5.0  # a slow gateway must not stall training
 _RETRY_AFTER_FAILURE_S = 60.0  # periodic pushes pause this long after a failed one
 
@@ -71,7 +67,6 @@ class StageMetrics:
         self._calls = 0
         self._paused_until = 0.0
         self._failing = False
-        self._gauges: dict[str, Gauge] = {}
 
         def g(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
             return Gauge(name, doc, labels, registry=self.registry)
@@ -120,26 +115,6 @@ class StageMetrics:
     def stage_duration(self, seconds: float) -> None:
         self._duration.labels(**self._labels).set(seconds)
 
-    def gauge(self, name: str, help: str, value: float, **labels: Any) -> None:  # noqa: A002 - Prometheus' word
-        """Set any other gauge; `name` gets the lt_ssl_ prefix if it lacks it. Label names are fixed per name."""
-        if not name.startswith(PREFIX):
-            name = PREFIX + name
-        if not _NAME.match(name):
-            raise ValueError(f"metric name {name!r}: use letters, digits and '_' only")
-        bad = _RESERVED_LABELS.intersection(labels)
-        if bad:
-            raise ValueError(f"labels {sorted(bad)} are set by the Pushgateway grouping; drop them from {name}")
-        names = tuple(sorted(labels))
-        gauge = self._gauges.get(name)
-        if gauge is None:
-            if name in self.registry._names_to_collectors:  # one of the built-in gauges
-                raise ValueError(f"{name} is a built-in metric; use its method instead of gauge()")
-            gauge = Gauge(name, help, names, registry=self.registry)
-            self._gauges[name] = gauge
-        elif tuple(gauge._labelnames) != names:
-            raise ValueError(f"{name} was set with labels {list(gauge._labelnames)}, now {list(names)}: keep one set")
-        (gauge.labels(**{k: str(v) for k, v in labels.items()}) if names else gauge).set(value)
-
     # ------------------------------------------------------------------------------ output
 
     def exposition(self) -> bytes:
@@ -170,23 +145,6 @@ class StageMetrics:
         self._failing = False
         self._paused_until = 0.0
         return True
-
-    def delete(self) -> bool:
-        """Remove this process's group from the Pushgateway (groups never expire by themselves)."""
-        if not self.pushgateway_url:
-            return False
-        try:
-            delete_from_gateway(self.pushgateway_url, job=self.job, grouping_key=self.grouping_key, timeout=_PUSH_TIMEOUT_S)
-        except Exception as e:  # noqa: BLE001
-            log.warning("metrics delete on %s failed: %s", self.pushgateway_url, _one_line(e))
-            return False
-        return True
-
-    def __enter__(self) -> StageMetrics:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.push()
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,8 +1,9 @@
 """`lt-ssl runs list ROOT_URI` and `lt-ssl runs show RUN_URI`: what runs exist and how far each got.
 
 Reads only the stage contract's files, so it works on a local folder and on s3:// alike:
-`RUN_URI/config.yaml`, `RUN_URI/<stage>/_SUCCESS.json`, `RUN_URI/expert/<k>/_SUCCESS.json` and
-`RUN_URI/cluster/clusters.json` (the non-empty cluster ids, i.e. the experts to expect).
+`RUN_URI/config.yaml` (whose `plan` names the stages to expect), `RUN_URI/<stage>/_SUCCESS.json`,
+`RUN_URI/<stage>/<k>/_SUCCESS.json` for a fan-out stage and the list of ids it fans out over
+(`cluster/clusters.json`: the non-empty clusters, i.e. the experts to expect).
 
 A stage is `done` (its _SUCCESS.json carries the run's config hash), `stale` (a _SUCCESS.json from
 another config hash), `incomplete` (outputs but no _SUCCESS.json yet: running, failed or killed)
@@ -14,15 +15,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from typing import Any
 
-from .errors import StageError
-from .store import Store, open_store
+import yaml
 
-STAGES = ("prepare", "pretrain", "baseline", "cluster", "expert", "distill", "evaluate")
-SUCCESS = "_SUCCESS.json"
-CONFIG = "config.yaml"
+from .errors import StageError
+from .pipeline.contract import CONFIG_KEY as CONFIG, SUCCESS
+from .pipeline.plan import PLANS, Plan
+from .store import Store, open_store
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -80,14 +80,19 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _config_summary(store: Store) -> dict[str, Any]:
-    """name and hash of the run's config.yaml (hash None when it no longer parses)."""
-    text = store.read_text(CONFIG)
-    out: dict[str, Any] = {"name": None, "hash": None}
-    try:
-        import yaml
+def _plan(raw: Any) -> Plan:
+    """The run's plan from its raw config (the default plan when the key is absent or unknown)."""
+    name = raw.get("plan") if isinstance(raw, dict) else None
+    return PLANS.get(name, PLANS["recipe"])
 
+
+def _config_summary(store: Store) -> dict[str, Any]:
+    """name, plan and hash of the run's config.yaml (hash None when it no longer parses)."""
+    text = store.read_text(CONFIG)
+    out: dict[str, Any] = {"name": None, "hash": None, "plan": PLANS["recipe"].name}
+    try:
         raw = yaml.safe_load(text)
+        out["plan"] = _plan(raw).name
         if isinstance(raw, dict):
             out["name"] = raw.get("name")
         from .config import config_hash, from_dict
@@ -118,19 +123,20 @@ def _stage_status(store: Store, keys: set[str], prefix: str, chash: str | None) 
     }
 
 
-def _expert_ids(store: Store, keys: set[str], run: str = "") -> tuple[list[int], bool]:
-    """Expected experts (from cluster/clusters.json) plus any expert/<k>/ found; (ids, clusters_known)."""
+def _fan_out_ids(store: Store, keys: set[str], plan: Plan, stage: str, run: str = "") -> tuple[list[int], bool]:
+    """A fan-out stage's expected ids (its source's list) plus any <stage>/<k>/ found; (ids, ids_known)."""
     pre = f"{run}/" if run else ""
+    source = f"{pre}{plan.stage(plan.stage(stage).fan_out).output.source}"
     ids: set[int] = set()
-    known = f"{pre}cluster/clusters.json" in keys
+    known = source in keys
     if known:
         try:
-            ids.update(int(k) for k in store.read_json(f"{pre}cluster/clusters.json"))
+            ids.update(int(k) for k in store.read_json(source))
         except (ValueError, TypeError):
             known = False
     for k in keys:
-        if k.startswith(f"{pre}expert/"):
-            part = k[len(f"{pre}expert/"):].split("/", 1)[0]
+        if k.startswith(f"{pre}{stage}/"):
+            part = k[len(f"{pre}{stage}/"):].split("/", 1)[0]
             if part.isdigit():
                 ids.add(int(part))
     return sorted(ids), known
@@ -146,17 +152,19 @@ def show_run(store: Store) -> dict[str, Any]:
         raise StageError(f"{store.uri} has no {CONFIG}: not a run folder (or its prepare stage never started)")
     config = _config_summary(store)
     chash = config["hash"]
+    plan = PLANS[config["plan"]]
     stages: list[dict[str, Any]] = []
-    for stage in STAGES:
-        if stage != "expert":
+    for step in plan.stages:
+        stage = step.name
+        if not step.fan_out:
             stages.append({"stage": stage, "cluster": None, **_stage_status(store, keys, stage, chash)})
             continue
-        ids, known = _expert_ids(store, keys)
+        ids, known = _fan_out_ids(store, keys, plan, stage)
         if not ids:
-            stages.append({"stage": "expert", "cluster": None, "status": "missing",
+            stages.append({"stage": stage, "cluster": None, "status": "missing",
                            "note": "clusters not known yet" if not known else "no non-empty clusters"})
         for k in ids:
-            stages.append({"stage": "expert", "cluster": k, **_stage_status(store, keys, f"expert/{k}", chash)})
+            stages.append({"stage": stage, "cluster": k, **_stage_status(store, keys, f"{stage}/{k}", chash)})
     return {"run": store.uri, "config": config, "created": _created(store, CONFIG), "stages": stages}
 
 
@@ -172,18 +180,26 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
     for run, rkeys in by_run.items():
         if f"{run}/{CONFIG}" not in rkeys:
             continue  # not a run folder
-        done = [s for s in STAGES if s != "expert" and f"{run}/{s}/{SUCCESS}" in rkeys]
-        ids, known = _expert_ids(store, rkeys, run)
-        experts_done = [k for k in ids if f"{run}/expert/{k}/{SUCCESS}" in rkeys]
-        total = len(STAGES) - 1 + (len(ids) if known else 1)
+        try:
+            plan = _plan(yaml.safe_load(store.read_text(f"{run}/{CONFIG}")))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            plan = PLANS["recipe"]
+        done = [s.name for s in plan.stages if not s.fan_out and f"{run}/{s.name}/{SUCCESS}" in rkeys]
+        fanned = [s.name for s in plan.stages if s.fan_out]  # the recipe's experts; none in the plain plan
+        ids, known, tasks_done = [], True, []
+        for stage in fanned:
+            ids, known = _fan_out_ids(store, rkeys, plan, stage, run)
+            tasks_done = [k for k in ids if f"{run}/{stage}/{k}/{SUCCESS}" in rkeys]
+        total = len(plan.stages) - len(fanned) + sum(len(ids) if known else 1 for _ in fanned)
         runs.append({
             "id": run,
             "uri": f"{store.uri.rstrip('/')}/{run}",
             "created": _created(store, f"{run}/{CONFIG}"),
+            "plan": plan.name,
             "done": done,
-            "experts_done": experts_done,
-            "experts_expected": ids if known else None,
-            "stages_done": len(done) + len(experts_done),
+            "experts_done": tasks_done,
+            "experts_expected": (ids if known else None) if fanned else [],
+            "stages_done": len(done) + len(tasks_done),
             "stages_total": total,
         })
     runs.sort(key=lambda r: (r["created"] or "", r["id"]))
@@ -205,12 +221,12 @@ def format_list(runs: list[dict[str, Any]], root: str) -> str:
     rows = []
     for r in runs:
         done = []
-        for stage in STAGES:
-            if stage in r["done"]:
-                done.append(stage)
-            elif stage == "expert" and (r["experts_expected"] or r["experts_done"]):
+        for step in PLANS[r["plan"]].stages:
+            if step.name in r["done"]:
+                done.append(step.name)
+            elif step.fan_out and (r["experts_expected"] or r["experts_done"]):
                 n = len(r["experts_expected"]) if r["experts_expected"] is not None else "?"
-                done.append(f"expert[{len(r['experts_done'])}/{n}]")
+                done.append(f"{step.name}[{len(r['experts_done'])}/{n}]")
         rows.append([r["id"], r["created"] or "-", f"{r['stages_done']}/{r['stages_total']}", ",".join(done) or "-"])
     return _table(["RUN", "CREATED", "DONE", "STAGES DONE"], rows)
 
@@ -219,14 +235,14 @@ def format_show(info: dict[str, Any]) -> str:
     cfg = info["config"]
     head = [
         f"run:     {info['run']}",
-        f"config:  {cfg.get('name') or '?'} (hash {cfg.get('hash') or '?'})",
+        f"config:  {cfg.get('name') or '?'} (hash {cfg.get('hash') or '?'}, plan {cfg['plan']})",
         f"created: {info['created'] or '-'}",
     ]
     if cfg.get("error"):
         head.append(f"warning: config.yaml does not load with this lt-ssl ({cfg['error']}); statuses ignore the hash")
     rows = []
     for s in info["stages"]:
-        name = s["stage"] if s["cluster"] is None else f"expert/{s['cluster']}"
+        name = s["stage"] if s["cluster"] is None else f"{s['stage']}/{s['cluster']}"
         seconds = s.get("seconds")
         rows.append([
             name,
@@ -237,8 +253,3 @@ def format_show(info: dict[str, Any]) -> str:
         ])
     return "\n".join(head) + "\n\n" + _table(["STAGE", "STATUS", "OUTPUTS", "SECONDS", "FINISHED"], rows)
 
-
-if __name__ == "__main__":  # pragma: no cover - `python -m lt_ssl.runs list ROOT`
-    _p = argparse.ArgumentParser(prog="lt-ssl")
-    add_parser(_p.add_subparsers(dest="command", required=True))
-    sys.exit(main(_p.parse_args()))

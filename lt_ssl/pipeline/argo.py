@@ -1,4 +1,4 @@
-"""Compile the stage DAG in `plan.PIPELINE` into Argo objects (with Hera) and write `workflows/*.yaml`.
+"""Compile the stage graphs in `plan.PLANS` into Argo objects (with Hera) and write `workflows/*.yaml`.
 
     python -m lt_ssl.pipeline.argo            # (re)write workflows/*.yaml
     python -m lt_ssl.pipeline.argo --check    # exit 1 if a committed file differs from what this makes
@@ -41,9 +41,8 @@ from hera.workflows import (
     models as m,
 )
 
-from ..errors import EXIT_REGRESSED
-from ..errors import EXIT_BAD_INPUT, EXIT_COLLAPSE
-from .plan import CLUSTERS_OUT, OUTPUTS_DIR, PIPELINE, stage_argv
+from ..errors import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_REGRESSED
+from .plan import OUTPUTS_DIR, PLANS, Plan, Stage, stage_argv
 
 # Line length is off: Argo expressions make long words no line break can split.
 HEADER = (
@@ -71,9 +70,11 @@ OVERRIDES = "{{workflow.parameters.overrides}}"
 
 # Exit codes no retry can fix: a bad config/data/URI, a deterministic collapse.
 NEVER_RETRY = (EXIT_BAD_INPUT, EXIT_COLLAPSE)
-CPU_ONLY_STAGES = frozenset({"prepare"})  # every other stage trains or extracts features: GPU pods
 
 TMP, CACHE, SHM = "/tmp", "/cache", "/dev/shm"
+
+
+RECIPE = PLANS["recipe"]
 
 
 def inp(name: str) -> str:
@@ -173,13 +174,11 @@ def lt_ssl_container(name: str, args: list[str], *, gpu: bool, inputs: list[Para
 # ------------------------------------------------------------------------------------ stage templates
 
 
-def headline_metrics() -> list[Gauge]:
+def headline_metrics(names: list[str]) -> list[Gauge]:
     """The evaluate stage's headline files as gauges: `lt_ssl_eval_accuracy_ratio{model, evaluation}`,
     the same name and labels as the Pushgateway series (lt_ssl.metrics), plus which run variant."""
-    from .stages import HEADLINE
-
     gauges = []
-    for key in HEADLINE:  # e.g. knn_top1_student
+    for key in names:  # e.g. knn_top1_student
         evaluation, _, model = key.split("_")
         gauges.append(Gauge(
             name="lt_ssl_eval_accuracy_ratio",
@@ -193,54 +192,48 @@ def headline_metrics() -> list[Gauge]:
     return gauges
 
 
-def stage_template(stage: str, fan_out: bool) -> Container:
-    """The template for one PIPELINE stage: args are `stage_argv(...)[1:]` with Argo expressions."""
-    from .stages import HEADLINE
-
+def stage_template(stage: Stage) -> Container:
+    """The template for one stage: args are `stage_argv(...)[1:]` with Argo expressions."""
     inputs = [Parameter(name="run", description="run URI: s3://bucket/runs/<id>")]
     kwargs: dict[str, Any] = {}
-    if stage == "prepare":
+    if stage.takes_config:
         inputs += [Parameter(name="config", description="YAML run config inside the image"),
                    Parameter(name="overrides", description="key=value overrides in one string")]
         kwargs = {"config": inp("config"), "overrides": [inp("overrides")]}
-    if fan_out:
+    if stage.fan_out:
         inputs.append(Parameter(name="cluster", description="cluster id, from the cluster stage's list"))
         kwargs["cluster"] = inp("cluster")
     outputs, metrics = None, None
-    if stage == "cluster":  # the non-empty cluster ids: what the expert fan-out iterates over
-        outputs = [Parameter(name="clusters", value_from=m.ValueFrom(path=CLUSTERS_OUT))]
-    if stage == "evaluate":
-        inputs.append(Parameter(name="variant", description="label of the metrics: which run this is"))
-        outputs = [Parameter(name=key, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{key}")) for key in HEADLINE]
-        metrics = headline_metrics()
-    argv = stage_argv(stage, inp("run"), **kwargs)
-    return lt_ssl_container(stage, argv[1:], gpu=stage not in CPU_ONLY_STAGES, inputs=inputs, outputs=outputs,
-                            metrics=metrics)
+    if stage.output:
+        files = stage.output.files()
+        outputs = [Parameter(name=name, value_from=m.ValueFrom(path=path)) for name, path in files.items()]
+        if stage.output.gauges:
+            inputs.append(Parameter(name="variant", description="label of the metrics: which run this is"))
+            metrics = headline_metrics(list(files))
+    return lt_ssl_container(stage.name, stage_argv(stage, inp("run"), **kwargs)[1:], gpu=stage.accelerator,
+                            inputs=inputs, outputs=outputs, metrics=metrics)
 
 
-def stage_templates() -> list[Container]:
-    seen: dict[str, Container] = {}
-    for step in PIPELINE:
-        if step.stage not in seen:
-            seen[step.stage] = stage_template(step.stage, step.fan_out)
-    return list(seen.values())
+def stage_templates(plan: Plan) -> list[Container]:
+    return [stage_template(stage) for stage in plan.stages]
 
 
-def pipeline_tasks(run: str, config: str, overrides: str, variant: str) -> list[Task]:
-    """PIPELINE as DAG tasks: one per step, the fan-out step iterating over the cluster ids."""
+def pipeline_tasks(plan: Plan, run: str, config: str, overrides: str, variant: str) -> list[Task]:
+    """A plan as DAG tasks: one per stage, a fan-out stage iterating over its source's output list."""
     tasks = []
-    for step in PIPELINE:
+    for stage in plan.stages:
         args = {"run": run}
-        if step.stage == "prepare":
+        if stage.takes_config:
             args |= {"config": config, "overrides": overrides}
-        if step.stage == "evaluate":
+        if stage.output and stage.output.gauges:
             args["variant"] = variant
         with_param = None
-        if step.fan_out:
+        if stage.fan_out:
             args["cluster"] = "{{item}}"
-            with_param = "{{tasks.cluster.outputs.parameters.clusters}}"
-        tasks.append(Task(name=step.stage, template=step.stage, arguments=args,
-                          depends=" && ".join(step.depends) or None, with_param=with_param))
+            (param,) = plan.stage(stage.fan_out).output.files()
+            with_param = "{{tasks.%s.outputs.parameters.%s}}" % (stage.fan_out, param)
+        tasks.append(Task(name=stage.name, template=stage.name, arguments=args,
+                          depends=" && ".join(plan.depends(stage.name)) or None, with_param=with_param))
     return tasks
 
 
@@ -322,7 +315,8 @@ def cluster_distill() -> Workflow:
         labels=LABELS | {"app.kubernetes.io/component": kind},
         entrypoint="main",
         arguments=parameters(f"{CONFIGS}/quickstart.yaml"),
-        templates=[main_dag(pipeline_tasks(RUN_URI, CONFIG, OVERRIDES, CONFIG)), *stage_templates(), *exit_handler(kind)],
+        templates=[main_dag(pipeline_tasks(RECIPE, RUN_URI, CONFIG, OVERRIDES, CONFIG)), *stage_templates(RECIPE),
+                   *exit_handler(kind)],
         **common_spec(kind, deadline_s=2 * 86400),
     )
 
@@ -369,7 +363,7 @@ def regression_compare_template() -> Container:
 def regression_cron() -> CronWorkflow:
     """Nightly: the regression config through the same stages, then `lt-ssl compare` against a baseline."""
     kind = "regression"
-    tasks = pipeline_tasks(RUN_URI, CONFIG, OVERRIDES, "regression")
+    tasks = pipeline_tasks(RECIPE, RUN_URI, CONFIG, OVERRIDES, "regression")
     tasks.append(Task(name="compare", template="compare", depends="evaluate",
                       arguments={"run": RUN_URI, "baseline": "{{workflow.parameters.baseline}}"}))
     return CronWorkflow(
@@ -385,7 +379,7 @@ def regression_cron() -> CronWorkflow:
         arguments=parameters(f"{CONFIGS}/regression.yaml", Parameter(
             name="baseline", value=f"{CONFIGS}/regression_baseline.json",
             description="baseline JSON that `lt-ssl compare` holds the run to")),
-        templates=[main_dag(tasks), *stage_templates(), regression_compare_template(), *exit_handler(kind)],
+        templates=[main_dag(tasks), *stage_templates(RECIPE), regression_compare_template(), *exit_handler(kind)],
         **common_spec(kind, deadline_s=4 * 3600),
     )
 
@@ -402,14 +396,12 @@ DATA = {
     "bal100": "data.subset=balanced data.imbalance=100",
     "full": "data.subset=full",
 }
-# The plain method alone: the existing stages with the recipe's extra steps cut to nothing. k=1 makes
-# one trivial cluster, a 0-epoch expert copies the base model, distillation runs its minimum of one
-# epoch. The baseline's numbers are the `base` model's (knn/linear_top1_base); `student` is not one.
-BASELINE_ONLY = "cluster.k=1 expert.train.epochs=0 distill.train.epochs=1 baseline.enabled=false"
+# The method alone: the plain plan (prepare -> pretrain -> evaluate); its numbers are the `base` model's.
+PLAIN = PLANS["plain"]
 
 
 def baseline_items() -> list[dict[str, str]]:
-    return [{"name": f"{method}-{data}", "overrides": f"{mo} {do} {BASELINE_ONLY}"}
+    return [{"name": f"{method}-{data}", "overrides": f"{mo} {do} plan={PLAIN.name}"}
             for method, mo in METHODS.items() for data, do in DATA.items()]
 
 
@@ -422,7 +414,7 @@ def baselines() -> Workflow:
         fail_fast=False,
         inputs=[Parameter(name="run"), Parameter(name="config"), Parameter(name="overrides"),
                 Parameter(name="variant")],
-        tasks=pipeline_tasks(inp("run"), inp("config"), inp("overrides"), inp("variant")),
+        tasks=pipeline_tasks(PLAIN, inp("run"), inp("config"), inp("overrides"), inp("variant")),
     )
     grid = Task(
         name="grid",
@@ -441,7 +433,7 @@ def baselines() -> Workflow:
         labels=LABELS | {"app.kubernetes.io/component": kind},
         entrypoint="main",
         arguments=parameters(f"{CONFIGS}/cifar10_lt.yaml"),
-        templates=[main_dag([grid]), pipeline, *stage_templates(), *exit_handler(kind)],
+        templates=[main_dag([grid]), pipeline, *stage_templates(PLAIN), *exit_handler(kind)],
         **common_spec(kind, deadline_s=7 * 86400),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from ..config import Config, config_hash, from_dict, to_yaml
 from ..errors import ConfigError, StageError
 from ..store import Store
+from .plan import PLANS, Output, Plan, Stage
 
 import yaml
 
@@ -33,16 +35,67 @@ def is_done(store: Store, prefix: str, chash: str) -> bool:
     return store.read_json(f"{prefix}/{SUCCESS}").get("config_hash") == chash
 
 
+def plan_of(cfg: Config) -> Plan:
+    return PLANS[cfg.plan]
+
+
+def fan_out_ids(store: Store, plan: Plan, stage: Stage) -> list[int]:
+    """The ids a fan-out stage runs over: the list its source stage wrote."""
+    return store.read_json(plan.stage(stage.fan_out).output.source)
+
+
+def check_needs(store: Store, plan: Plan, stage: Stage, chash: str) -> None:
+    """Every stage `stage` reads from must be done for this config (a fan-out stage: every one of its tasks)."""
+    for need in stage.needs:
+        dep = plan.stage(need)
+        if not dep.fan_out:
+            if not is_done(store, need, chash):
+                raise StageError(f"stage {stage.name} needs stage {need!r} to be done first in {store.uri}; "
+                                 f"run `lt-ssl stage {need} --run {store.uri}`")
+            continue
+        missing = [k for k in fan_out_ids(store, plan, dep) if not is_done(store, stage_prefix(need, k), chash)]
+        if missing:
+            raise StageError(f"stage {stage.name} needs every {need}; {need}s {missing} are not done: "
+                             f"run `lt-ssl stage {need} --cluster K --run {store.uri}` for them")
+
+
+def write_output(output: Output, store: Store, path: str) -> None:
+    """Copy the fields Argo reads from the run's `output.source` to files at `path` (see plan.Output)."""
+    data = store.read_json(output.source)
+
+    def write(file: str, value) -> None:
+        with open(file, "w") as f:
+            f.write(f"{value:.6f}" if isinstance(value, float) else json.dumps(value, separators=(",", ":")))
+
+    if output.is_file:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write(path, data)
+        return
+    os.makedirs(path, exist_ok=True)
+    for name, field_path in output.fields:
+        value = data
+        for part in field_path.split("."):
+            value = value[part]
+        write(os.path.join(path, name), value)
+
+
 def write_config_once(store: Store, cfg: Config) -> None:
-    """A run has one config for life; a different one for the same run URI is refused."""
+    """A run has one config from its first finished stage on; a different one for the same run URI is then
+    refused. Before that (a prepare that failed, e.g. on bad data) the config may still change, so the
+    fix, such as another data.root, reruns under the same --run."""
     if store.exists(CONFIG_KEY):
-        existing = read_config(store)
-        if config_hash(existing) != config_hash(cfg):
+        try:
+            existing = read_config(store)
+        except ConfigError:  # written by another lt-ssl version: only replaceable while nothing is done
+            existing = None
+        if existing is not None and existing == cfg:
+            return
+        same_results = existing is not None and config_hash(existing) == config_hash(cfg)
+        if not same_results and any(key.endswith(f"/{SUCCESS}") for key in store.list()):
             raise StageError(
                 f"{store.uri} already holds a run with a different config; use a new --run, or the same config and overrides to resume it")
-        if existing == cfg:
-            return
-        # Same results, other surroundings (device, metrics URL, data location): the stages still to run use these.
+        # Same results, other surroundings (device, metrics URL, data location), or nothing done yet: the stages
+        # still to run use this config.
     store.write_text(CONFIG_KEY, to_yaml(cfg))
 
 

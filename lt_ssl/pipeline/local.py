@@ -1,9 +1,10 @@
-"""`lt-ssl run`: the stages in order as `lt-ssl stage` subprocesses, experts in a process pool."""
+"""`lt-ssl run`: the stages of the run's plan in order as `lt-ssl stage` subprocesses, fan-outs in a process pool."""
 
 from __future__ import annotations
 
 import ctypes
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from ..config import config_hash, load_config
 from ..store import normalize_uri, open_store
-from .contract import is_done, stage_prefix, write_config_once
-from .plan import PIPELINE, stage_argv
+from .contract import is_done, plan_of, stage_prefix, write_config_once, write_output
+from .plan import stage_argv
 from .report import results_table
 
 
@@ -59,22 +60,30 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int, de
             return False
         return True
 
+    plan = plan_of(cfg)
     with tempfile.TemporaryDirectory(prefix="lt-ssl-") as tmp:
-        paths = {"clusters_out": os.path.join(tmp, "clusters.json"), "outputs_dir": os.path.join(tmp, "outputs")}
-        for step in PIPELINE:
-            if not step.fan_out:
-                argv = stage_argv(step.stage, run_uri, config=str(config), overrides=overrides, **paths)
-                code = _execute(argv, cpus, device, debug) if pending(step.stage) else 0
+        outputs = {s.name: os.path.join(tmp, s.output.path.rsplit("/", 1)[-1]) for s in plan.stages if s.output}
+        for stage in plan.stages:
+            if not stage.fan_out:
+                argv = stage_argv(stage, run_uri, config=str(config), overrides=overrides,
+                                  output_path=outputs.get(stage.name))
+                if pending(stage.name):
+                    code = _execute(argv, cpus, device, debug)
+                else:
+                    code = 0
+                    if stage.output:  # a later fan-out reads it, as Argo's withParam does
+                        write_output(stage.output, store, outputs[stage.name])
             else:
-                ids = [k for k in store.read_json("cluster/clusters.json") if pending(step.stage, k)]
+                with open(outputs[stage.fan_out]) as f:
+                    ids = [k for k in json.load(f) if pending(stage.name, k)]
                 pool = max(1, min(workers, len(ids)))
                 threads = max(1, cpus // pool)  # share the cores instead of oversubscribing them
                 with ThreadPoolExecutor(pool) as ex:
-                    codes = list(ex.map(lambda k: _execute(stage_argv(step.stage, run_uri, cluster=k, **paths),
-                                                           threads, device, debug), ids))
+                    codes = list(ex.map(lambda k: _execute(stage_argv(stage, run_uri, cluster=k), threads, device, debug),
+                                        ids))
                 code = next((c for c in codes if c != 0), 0)
             if code != 0:
-                print(f"lt-ssl: stage {step.stage} failed (exit {code}); fix the cause and rerun the same command "
+                print(f"lt-ssl: stage {stage.name} failed (exit {code}); fix the cause and rerun the same command "
                       f"with --run {run_uri} to resume", file=sys.stderr)
                 return code
     metrics = store.read_json("evaluate/metrics.json")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,10 +28,9 @@ from ..plots import accuracy_bars_png, class_distribution_png, cluster_scatter_p
 from ..store import Store
 from ..train import Checkpointer, load_checkpoint, train
 from . import report
-from .contract import Outputs, is_done, read_config, stage_prefix, write_config_once, write_success
-
-# The evaluate stage's headline numbers, also written one per file for Argo output parameters.
-HEADLINE = ("knn_top1_student", "knn_top1_base", "linear_top1_student", "linear_top1_base")
+from .plan import CONFIG_STAGES
+from .contract import (Outputs, check_needs, is_done, plan_of, read_config, stage_prefix, write_config_once,
+                       write_output, write_success)
 
 
 @dataclass
@@ -44,8 +41,6 @@ class Context:
     out: Outputs
     cluster: int | None = None
     metrics: object | None = None
-    clusters_out: str | None = None
-    outputs_dir: str | None = None
 
     @property
     def name(self) -> str:
@@ -136,22 +131,6 @@ def _stage_seed(ctx: Context) -> int:
     return {"pretrain": 1, "baseline": 2, "distill": 3}.get(ctx.out.prefix, 100 + (ctx.cluster or 0))
 
 
-def write_clusters_out(path: str, ids: list[int]) -> None:
-    """The non-empty cluster ids as a JSON list: the output parameter Argo's withParam fans out over."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(ids, f, separators=(",", ":"))
-
-
-def write_headline(outputs_dir: str, results: dict) -> None:
-    """One file per headline accuracy: Argo output parameters that feed the template gauges."""
-    os.makedirs(outputs_dir, exist_ok=True)
-    for key in HEADLINE:
-        evaluation, _, model_name = key.split("_")
-        with open(os.path.join(outputs_dir, key), "w") as f:
-            f.write(f"{results[model_name][evaluation]['top1']:.6f}")
-
-
 # ---------------------------------------------------------------------------------------------- stages
 
 
@@ -233,8 +212,6 @@ def cluster(ctx: Context) -> dict:
     labels = arrays.labels[subset]
     ctx.out.bytes("scatter.png", cluster_scatter_png(feats.cpu(), result.assignments, labels))
     ctx.out.bytes("class_distribution.png", class_distribution_png(labels, result.assignments, info["num_classes"], k))
-    if ctx.clusters_out:  # Argo reads this file as the output parameter that withParam fans out over
-        write_clusters_out(ctx.clusters_out, ids)
     print(f"[cluster] k={k} sizes {sizes} ({result.backend})", file=sys.stderr)
     return {"sizes": sizes, "clusters": ids}
 
@@ -323,10 +300,12 @@ def evaluate(ctx: Context) -> dict:
     torch.manual_seed(cfg.seed + 7)
     models: dict[str, nn.Module] = {"random": new_backbone(cfg, ctx.device)}  # the floor every method must clear
     models["base"] = base_model(ctx).backbone
-    student = DistillStudent(new_backbone(cfg, ctx.device), cfg.cluster.k + 1, models["base"].out_dim, cfg.distill.head_hidden)
-    models["student"] = load_model(ctx.store, "distill/model.pt", student.to(ctx.device),
-                                   f"distill/{cfg.backbone}/{cfg.cluster.k}").backbone
-    if cfg.baseline.enabled:
+    produced = plan_of(cfg).names  # evaluate what the run's plan trained
+    if "distill" in produced:
+        student = DistillStudent(new_backbone(cfg, ctx.device), cfg.cluster.k + 1, models["base"].out_dim, cfg.distill.head_hidden)
+        models["student"] = load_model(ctx.store, "distill/model.pt", student.to(ctx.device),
+                                       f"distill/{cfg.backbone}/{cfg.cluster.k}").backbone
+    if "baseline" in produced and cfg.baseline.enabled:
         b = new_method(cfg, cfg.baseline.method, ctx.device)
         models["baseline"] = load_model(ctx.store, "baseline/model.pt", b,
                                         ssl_arch(cfg, cfg.baseline.method)).backbone
@@ -355,69 +334,59 @@ def evaluate(ctx: Context) -> dict:
             for evaluation, rep in by_eval.items():
                 for group in ("top1", "many", "medium", "few"):
                     ctx.metrics.accuracy(model_name, "all" if group == "top1" else group, evaluation, rep[group])
-    if ctx.outputs_dir:
-        write_headline(ctx.outputs_dir, results)
     return {name: {e: r["top1"] for e, r in by.items()} for name, by in results.items()}
 
 
-STAGES: dict[str, Callable[[Context], dict]] = {
-    "prepare": prepare,
-    "pretrain": pretrain,
-    "baseline": baseline,
-    "cluster": cluster,
-    "expert": expert,
-    "distill": distill,
-    "evaluate": evaluate,
-}
-
-# Inputs each stage reads (their _SUCCESS.json must exist for this config).
-NEEDS: dict[str, tuple[str, ...]] = {
-    "prepare": (),
-    "pretrain": ("prepare",),
-    "baseline": ("prepare",),
-    "cluster": ("pretrain",),
-    "expert": ("cluster",),
-    "distill": ("cluster",),
-    "evaluate": ("pretrain", "baseline", "distill"),
-}
+# The stage functions by name; their graph (needs, fan-out, outputs) is declared in plan.py.
+STAGES: dict[str, Callable[[Context], dict]] = {f.__name__: f for f in (
+    prepare, pretrain, baseline, cluster, expert, distill, evaluate)}
 
 
 def run_stage(name: str, store: Store, cfg: Config | None, *, cluster: int | None = None, device: str | None = None,
-              clusters_out: str | None = None, outputs_dir: str | None = None) -> str:
-    """The stage contract around one stage. Returns 'done' or 'skipped'."""
+              output_path: str | None = None) -> str:
+    """The stage contract around one stage of the run's plan. Returns 'done' or 'skipped'.
+
+    `output_path`: where to write the files Argo reads (the stage's `plan.Output`), if it has any."""
     if name not in STAGES:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    if (name == "expert") != (cluster is not None):
-        raise StageError("--cluster K is required for the expert stage and only for it")
-    if name == "prepare":
-        if cfg is None:
-            raise StageError("stage prepare needs --config (and optional key=value overrides)")
+    if cfg is not None:  # only the stage that takes the config writes it; the others read it
+        first = [s.name for s in plan_of(cfg).stages if s.takes_config]
+        if name not in first:
+            raise StageError(f"stage {name} reads the run's config.yaml; --config and overrides go to stage {first[0]}")
         write_config_once(store, cfg)
+    elif name in CONFIG_STAGES:
+        raise StageError(f"stage {name} needs --config (and optional key=value overrides)")
     cfg = read_config(store)
+    plan = plan_of(cfg)
+    if name not in plan.names:
+        raise StageError(f"stage {name} is not in this run's plan {plan.name!r} ({' -> '.join(plan.names)})")
+    stage = plan.stage(name)
+    if stage.fan_out and cluster is None:
+        raise StageError(f"--cluster K is required for stage {name}: it runs once per {stage.fan_out} id")
+    if cluster is not None and not stage.fan_out:
+        raise StageError(f"stage {name} takes no --cluster K: it runs once, not per cluster id")
+    if output_path and not stage.output:
+        raise StageError(f"stage {name} writes no files for Argo; drop the output option")
     chash = config_hash(cfg)
     prefix = stage_prefix(name, cluster)
     if is_done(store, prefix, chash):
         print(f"[{prefix}] already done for config {chash}; skipping", file=sys.stderr)
-        # Argo reads a step's output parameters even when the step had nothing left to do.
-        if clusters_out and name == "cluster":
-            write_clusters_out(clusters_out, store.read_json("cluster/clusters.json"))
-        if outputs_dir and name == "evaluate":
-            write_headline(outputs_dir, store.read_json("evaluate/metrics.json")["models"])
+        if output_path:  # Argo reads a step's output parameters even when the step had nothing left to do
+            write_output(stage.output, store, output_path)
         return "skipped"
-    for need in NEEDS[name]:
-        if not is_done(store, need, chash):
-            raise StageError(f"stage {name} needs stage {need!r} to be done first in {store.uri}; run `lt-ssl stage {need} --run {store.uri}`")
+    check_needs(store, plan, stage, chash)
     from ..metrics import StageMetrics
 
     run_id = store.uri.rstrip("/").rsplit("/", 1)[-1]
     metrics = StageMetrics(run_id, prefix.replace("/", "-"), cluster, cfg.metrics.pushgateway_url or None,
                            job=cfg.metrics.job, push_every=cfg.metrics.push_every)
     started = time.time()
-    ctx = Context(store, cfg, pick_device(device or cfg.device), Outputs(store, prefix), cluster, metrics,
-                  clusters_out, outputs_dir)
+    ctx = Context(store, cfg, pick_device(device or cfg.device), Outputs(store, prefix), cluster, metrics)
     summary = STAGES[name](ctx)
     metrics.stage_duration(time.time() - started)
     ctx.out.bytes("metrics.prom", metrics.exposition())
     metrics.push()
     write_success(ctx.out, chash, started, {"summary": summary, "device": str(ctx.device)})
+    if output_path:
+        write_output(stage.output, store, output_path)
     return "done"

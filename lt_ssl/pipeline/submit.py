@@ -114,8 +114,10 @@ def custom_objects_api():
     """A CustomObjectsApi for the current kube context, or the in-cluster service account."""
     import os
 
-    from kubernetes import client, config
-
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise LtSslError("`lt-ssl submit` needs the argo extra: pip install 'lt-ssl[argo]'") from None
     try:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import functools
 import io
 import os
@@ -114,7 +113,10 @@ def _path(parts) -> str:
 
 def schema_problems(obj: dict) -> list[str]:
     """Errors of `obj` against its kind's CRD schema, strictly (unknown fields included)."""
-    import jsonschema
+    try:
+        import jsonschema
+    except ImportError:
+        raise LtSslError("validating Argo objects needs the argo extra: pip install 'lt-ssl[argo]'") from None
 
     kind = obj.get("kind") if isinstance(obj, dict) else None
     if kind not in CRD_FILES:
@@ -128,102 +130,14 @@ def schema_problems(obj: dict) -> list[str]:
     validator = jsonschema.Draft7Validator(strict_schema(kind))
     for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
         problems.append(f"{_path(e.absolute_path)}: {e.message}")
-    return problems + cel_problems(obj)
-
-
-# The CRDs' CEL rules, checked here by hand. tests/workflows/test_schema.py fails when the CRDs hold a
-# rule this list does not know, so a schema upgrade cannot silently skip one.
-KNOWN_CEL_RULES = {
-    "at most one artifact location can be specified",
-    "'resourcesDuration.*' metrics cannot be used in real-time gauges",
-    "only one of count or end can be defined",
-    "cannot use both 'depends' and 'dependencies'",
-    "cannot use 'continueOn' when using 'depends'",
-    "task name cannot begin with a digit when using 'depends' or 'dependencies'",
-    "only one of manifest or manifestFrom can be specified",
-    "template must have at most one template type",
-    "timeout cannot be applied to steps or dag templates",
-    "activeDeadlineSeconds is only valid for leaf templates",
-}
-_TEMPLATE_TYPES = ("container", "script", "dag", "steps", "resource", "suspend", "containerSet", "data", "http", "plugin")
-_ARTIFACT_LOCATIONS = ("s3", "git", "http", "artifactory", "hdfs", "raw", "oss", "gcs", "azure", "plugin")
-
-
-def cel_messages(kind: str) -> set[str]:
-    """The message of every x-kubernetes-validations (CEL) rule in the CRD; the API server evaluates
-    them, we cannot, so cel_problems re-implements each one."""
-    msgs: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for r in node.get("x-kubernetes-validations", []):
-                msgs.add(r.get("message", r["rule"]))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(_crd(kind))
-    return msgs
-
-
-def cel_problems(obj: dict) -> list[str]:
-    spec = _spec(obj)
-    problems = []
-    for t in spec.get("templates") or []:
-        name = t.get("name")
-        if sum(k in t for k in _TEMPLATE_TYPES) > 1:
-            problems.append(f"template {name!r}: template must have at most one template type")
-        if t.get("timeout") and ("steps" in t or "dag" in t):
-            problems.append(f"template {name!r}: timeout cannot be applied to steps or dag templates")
-        if "activeDeadlineSeconds" in t and ("steps" in t or "dag" in t):
-            problems.append(f"template {name!r}: activeDeadlineSeconds is only valid for leaf templates")
-        if "resource" in t and "manifest" in t["resource"] and "manifestFrom" in t["resource"]:
-            problems.append(f"template {name!r}: only one of manifest or manifestFrom can be specified")
-        for task in _invocations(t):
-            tn = task.get("name", "")
-            if "depends" in task and "dependencies" in task:
-                problems.append(f"template {name!r} task {tn!r}: cannot use both 'depends' and 'dependencies'")
-            if "depends" in task and "continueOn" in task:
-                problems.append(f"template {name!r} task {tn!r}: cannot use 'continueOn' when using 'depends'")
-            if ("depends" in task or "dependencies" in task) and re.match(r"^[0-9]", tn):
-                problems.append(f"template {name!r} task {tn!r}: task name cannot begin with a digit when using 'depends' or 'dependencies'")
-            seq = task.get("withSequence") or {}
-            if "count" in seq and "end" in seq:
-                problems.append(f"template {name!r} task {tn!r}: only one of count or end can be defined")
-    for metric in _all_metrics(spec):
-        g = metric.get("gauge") or {}
-        if g.get("realtime") and "resourcesDuration." in str(g.get("value", "")):
-            problems.append(f"metric {metric.get('name')!r}: 'resourcesDuration.*' metrics cannot be used in real-time gauges")
-    for art in _walk_key(spec, "artifacts"):
-        for a in art if isinstance(art, list) else []:
-            if sum(k in a for k in _ARTIFACT_LOCATIONS) > 1:
-                problems.append(f"artifact {a.get('name')!r}: at most one artifact location can be specified")
     return problems
-
-
-def _walk_key(node: Any, key: str) -> Iterator[Any]:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == key:
-                yield v
-            yield from _walk_key(v, key)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _walk_key(v, key)
 
 
 # ------------------------------------------------------------------------------------------ semantics
 
 EXPR = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-# Global variables Argo substitutes anywhere (v4.1 docs, variables.md); workflow.parameters.* apart.
-WORKFLOW_VARS = {"workflow.name", "workflow.namespace", "workflow.uid", "workflow.serviceAccountName",
-                 "workflow.mainEntrypoint", "workflow.priority", "workflow.creationTimestamp", "workflow.duration",
-                 "workflow.scheduledTime"}
 # Argo sets these for every template, but they only mean something once the workflow has ended.
 EXIT_ONLY_VARS = {"workflow.status", "workflow.failures"}
-METRIC_VARS = {"status", "duration", "exitCode", "inputs.parameters", "retries"}
 METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # Argo's own name rules (workflow/validate): templates, tasks and steps; parameters.
 FIELD_NAME = re.compile(r"^[a-zA-Z0-9][-a-zA-Z0-9]{0,127}$")
@@ -242,13 +156,6 @@ def _invocations(t: dict) -> list[dict]:
     if "steps" in t:
         return [s for group in t["steps"] or [] for s in (group or [])]
     return []
-
-
-def _all_metrics(spec: dict) -> list[dict]:
-    out = list((spec.get("metrics") or {}).get("prometheus") or [])
-    for t in spec.get("templates") or []:
-        out += list((t.get("metrics") or {}).get("prometheus") or [])
-    return out
 
 
 def _strings(node: Any) -> Iterator[str]:
@@ -281,21 +188,6 @@ def _params(section: dict | None) -> dict[str, dict]:
     return {p["name"]: p for p in ((section or {}).get("parameters") or []) if isinstance(p, dict) and "name" in p}
 
 
-@functools.lru_cache(maxsize=1)
-def cli_parser() -> argparse.ArgumentParser:
-    """The real `lt-ssl` parser. `compare` and `submit` are registered here if lt_ssl/cli.py does not
-    register them (yet): the check then still covers the commands the workflows run."""
-    from .. import cli, compare
-    from . import submit
-
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, module in (("compare", compare), ("submit", submit)):
-        if name not in sub.choices:
-            module.add_parser(sub)
-    return parser
-
-
 # Plausible values for `{{inputs.parameters.<name>}}` when parsing a command offline.
 # Each command is parsed once per alternative: the overrides default to "" (one empty argument).
 PLAUSIBLE = {
@@ -321,18 +213,13 @@ def substitute(text: str, values: dict[str, str], default: str | None = None) ->
 
 
 def parse_cli(args: list[str]) -> tuple[argparse.Namespace | None, str]:
-    """Parse `lt-ssl <args>` as `lt-ssl` itself does (`cli.parse_args`, which also takes overrides
-    after options); (namespace, "") or (None, argparse's message)."""
+    """Parse `lt-ssl <args>` as `lt-ssl` itself does; (namespace, "") or (None, argparse's message)."""
     from .. import cli
 
-    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    real = getattr(cli, "parse_args", None)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            if real is not None and args and args[0] in sub.choices:
-                return real(args), ""
-            return cli_parser().parse_args(args), ""  # a command cli.py does not register (yet)
+            return cli.parse_args(args), ""
     except SystemExit:
         lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
         return None, lines[-1] if lines else "does not parse"
@@ -349,41 +236,24 @@ def retried(expression: str, exit_code: int) -> bool:
 
 
 def semantic_problems(obj: dict, registry: dict[str, dict] | None = None) -> list[str]:
-    """Checks no schema makes. `registry`: WorkflowTemplate name -> object, for templateRef."""
-    from .plan import PIPELINE
-
+    """Checks no schema makes, each held by a mutation test in tests/workflows/test_semantics.py.
+    `registry`: WorkflowTemplate name -> object, for templateRef."""
     registry = registry or {}
     spec = _spec(obj)
-    problems: list[str] = []
-    templates: dict[str, dict] = {}
-    for t in spec.get("templates") or []:
-        if t.get("name") in templates:
-            problems.append(f"template {t.get('name')!r} is defined twice")
-        templates[t.get("name")] = t
+    templates = {t.get("name"): t for t in spec.get("templates") or []}
     global_params = _params(spec.get("arguments"))
-    problems += _name_problems(obj, spec)
-    for ref in ("entrypoint", "onExit"):
-        if spec.get(ref) and spec[ref] not in templates:
-            problems.append(f"spec.{ref} {spec[ref]!r} names no template")
-    if obj.get("kind") != "WorkflowTemplate" and not spec.get("entrypoint") and not spec.get("workflowTemplateRef"):
-        problems.append("spec.entrypoint is missing")
+    problems = _name_problems(obj, spec)
 
     # Templates the exit handler reaches may read workflow.status and workflow.failures.
     exit_reach: set[str] = set()
     stack = [spec["onExit"]] if spec.get("onExit") else []
     while stack:
         name = stack.pop()
-        if name in exit_reach or name not in templates:
-            continue
-        exit_reach.add(name)
-        stack += [i.get("template") for i in _invocations(templates[name]) if i.get("template")]
+        if name in templates and name not in exit_reach:
+            exit_reach.add(name)
+            stack += [i.get("template") for i in _invocations(templates[name]) if i.get("template")]
 
     def resolve(inv: dict, where: str) -> dict | None:
-        if "template" in inv:
-            callee = templates.get(inv["template"])
-            if callee is None:
-                problems.append(f"{where}: template {inv['template']!r} does not exist")
-            return callee
         if "templateRef" in inv:
             ref = inv["templateRef"]
             other = registry.get(ref.get("name"))
@@ -394,142 +264,88 @@ def semantic_problems(obj: dict, registry: dict[str, dict] | None = None) -> lis
             if callee is None:
                 problems.append(f"{where}: WorkflowTemplate {ref.get('name')!r} has no template {ref.get('template')!r}")
             return callee
-        if "inline" not in inv:
-            problems.append(f"{where}: names no template")
-        return inv.get("inline")
+        callee = templates.get(inv.get("template"))
+        if callee is None:
+            problems.append(f"{where}: template {inv.get('template')!r} does not exist")
+        return callee
 
-    def check_var(var: str, where: str, *, inputs: dict, outputs: dict | None, item: bool, tasks: dict | None,
-                  template: str | None, in_metric: bool = False) -> None:
-        if var.startswith("="):
-            return  # an expression template: checked by Argo at run time
+    def check_var(var: str, where: str, inputs: dict, template: str | None, *, item: bool = False) -> None:
         parts = var.split(".")
-        if var.startswith("workflow.parameters."):
-            if parts[2] not in global_params:
-                problems.append(f"{where}: {{{{{var}}}}} is not declared in spec.arguments")
-        elif var in EXIT_ONLY_VARS:
-            if template is not None and template not in exit_reach:
-                problems.append(f"{where}: {{{{{var}}}}} is only set in the onExit handler")
-        elif var in WORKFLOW_VARS or var.startswith(("workflow.labels.", "workflow.annotations.", "workflow.creationTimestamp.")):
-            pass
-        elif var.startswith("inputs.parameters."):
-            if parts[2] not in inputs:
-                problems.append(f"{where}: {{{{{var}}}}} is not declared in the template's inputs")
-        elif var.startswith("outputs.parameters."):
-            if outputs is None or parts[2] not in outputs:
-                problems.append(f"{where}: {{{{{var}}}}} is not an output parameter of the template")
-        elif var == "item" or var.startswith("item."):
-            if not item:
-                problems.append(f"{where}: {{{{{var}}}}} outside a withItems/withParam task")
-        elif var.startswith(("tasks.", "steps.")):
-            if tasks is None or parts[1] not in tasks:
-                problems.append(f"{where}: {{{{{var}}}}} names no {parts[0][:-1]} of this template")
-            elif len(parts) == 5 and parts[2:4] == ["outputs", "parameters"]:
-                callee = tasks[parts[1]]
-                if callee is not None and parts[4] not in _params(callee.get("outputs")):
-                    problems.append(f"{where}: {{{{{var}}}}}: that template has no output parameter {parts[4]!r}")
-        elif in_metric and (var in METRIC_VARS or var.startswith("resourcesDuration.")):
-            pass
-        elif var in ("pod.name", "retries", "node.name"):
-            pass
-        else:
-            problems.append(f"{where}: unknown variable {{{{{var}}}}}")
+        if var.startswith("workflow.parameters.") and parts[2] not in global_params:
+            problems.append(f"{where}: {{{{{var}}}}} is not declared in spec.arguments")
+        elif var in EXIT_ONLY_VARS and template is not None and template not in exit_reach:
+            problems.append(f"{where}: {{{{{var}}}}} is only set in the onExit handler")
+        elif var.startswith("inputs.parameters.") and parts[2] not in inputs:
+            problems.append(f"{where}: {{{{{var}}}}} is not declared in the template's inputs")
+        elif (var == "item" or var.startswith("item.")) and not item:
+            problems.append(f"{where}: {{{{{var}}}}} outside a withItems/withParam task")
 
-    # Workflow-level strings outside templates: arguments and metrics.
     for var in expressions(spec.get("arguments")):
-        check_var(var, "spec.arguments", inputs={}, outputs=None, item=False, tasks=None, template=None)
-    for var in expressions(spec.get("metrics")):
-        check_var(var, "spec.metrics", inputs={}, outputs=None, item=False, tasks=None, template=None, in_metric=True)
-
-    metric_shapes: dict[str, tuple] = {}
+        check_var(var, "spec.arguments", {}, None)
     for name, t in templates.items():
         where = f"template {name!r}"
-        inputs, outputs = _params(t.get("inputs")), _params(t.get("outputs"))
-        kw = dict(inputs=inputs, template=name)
-        invocations = _invocations(t)
+        inputs = _params(t.get("inputs"))
         for field, value in t.items():
-            if field in ("dag", "steps", "metrics", "outputs"):
-                continue
-            for var in expressions(value):
-                check_var(var, f"{where}.{field}", outputs=None, item=False, tasks=None, **kw)
-        for p in outputs.values():  # valueFrom may read inputs
-            for var in expressions(p):
-                check_var(var, f"{where}.outputs", outputs=None, item=False, tasks=None, **kw)
-        for metric in (t.get("metrics") or {}).get("prometheus") or []:
-            for var in expressions(metric):
-                check_var(var, f"{where} metric {metric.get('name')!r}", outputs=outputs, item=False, tasks=None,
-                          in_metric=True, **kw)
+            if field not in ("dag", "steps"):
+                for var in expressions(value):
+                    check_var(var, f"{where}.{field}", inputs, name)
 
         # DAG tasks and steps: references, dependencies, arguments against the callee's inputs.
-        by_name: dict[str, dict | None] = {}
-        for inv in invocations:
-            iw = f"{where} {'task' if 'dag' in t else 'step'} {inv.get('name')!r}"
-            if inv.get("name") in by_name:
-                problems.append(f"{iw}: defined twice")
-            by_name[inv.get("name")] = resolve(inv, iw)
-        deps = {inv.get("name"): depends_names(inv.get("depends", "")) + list(inv.get("dependencies") or [])
-                for inv in invocations}
+        invocations = _invocations(t)
+        by_name = {inv.get("name"): resolve(inv, f"{where} task {inv.get('name')!r}") for inv in invocations}
+        deps = {inv.get("name"): depends_names(inv.get("depends", "")) for inv in invocations}
         for task, ds in deps.items():
-            for d in ds:
-                if d not in by_name:
-                    problems.append(f"{where} task {task!r}: depends on {d!r}, which is not a task here")
+            problems += [f"{where} task {task!r}: depends on {d!r}, which is not a task here" for d in ds if d not in by_name]
         ancestors = _ancestors(deps)
         if "dag" in t and any(task in anc for task, anc in ancestors.items()):
             problems.append(f"{where}: the task dependencies form a cycle")
         for inv in invocations:
-            iw = f"{where} {'task' if 'dag' in t else 'step'} {inv.get('name')!r}"
-            callee = by_name.get(inv.get("name"))
+            iw = f"{where} task {inv.get('name')!r}"
             looped = any(k in inv for k in ("withItems", "withParam", "withSequence"))
-            visible = {k: v for k, v in by_name.items() if "dag" not in t or k in ancestors.get(inv.get("name"), set())}
             for var in expressions(inv):
-                if var.startswith("tasks.") and var.split(".")[1] in by_name and var.split(".")[1] not in visible:
+                task = var.split(".")[1] if var.startswith("tasks.") else None
+                if "dag" in t and task in by_name and task not in ancestors.get(inv.get("name"), set()):
                     problems.append(f"{iw}: {{{{{var}}}}} reads a task it does not depend on")
-                    continue
-                check_var(var, iw, outputs=None, item=looped, tasks=by_name, **kw)
+                check_var(var, iw, inputs, name, item=looped)
+            callee = by_name.get(inv.get("name"))
             if callee is not None:
-                given = _params(inv.get("arguments"))
-                wanted = _params(callee.get("inputs"))
-                for arg in given:
-                    if arg not in wanted:
-                        problems.append(f"{iw}: passes {arg!r}, which {callee.get('name')!r} does not take")
-                for p, decl in wanted.items():
-                    if p not in given and "value" not in decl and "default" not in decl:
-                        problems.append(f"{iw}: does not pass {p!r}, which {callee.get('name')!r} needs")
+                given, wanted = _params(inv.get("arguments")), _params(callee.get("inputs"))
+                problems += [f"{iw}: passes {a!r}, which {callee.get('name')!r} does not take" for a in given if a not in wanted]
+                problems += [f"{iw}: does not pass {p!r}, which {callee.get('name')!r} needs" for p, d in wanted.items()
+                             if p not in given and "value" not in d and "default" not in d]
 
-        # Metrics: Prometheus-valid names, one label set and help per name.
+        metric_shapes: dict[str, tuple] = {}
         for metric in (t.get("metrics") or {}).get("prometheus") or []:
             problems += _metric_problems(metric, where, metric_shapes)
+        if (t.get("container") or {}).get("command") == ["lt-ssl"]:
+            problems += _lt_ssl_problems(t, where, global_params, inputs)
+    return problems + _fan_out_problems(templates)
 
-        # `lt-ssl` containers: args parse with the real CLI; retries spare exit codes 2 and 3.
-        c = t.get("container") or {}
-        if c.get("command") == ["lt-ssl"]:
-            gvalues = {f"workflow.parameters.{k}": substitute(str(p.get("value", "x")), {"workflow.name": "wf-abc12"})
-                       for k, p in global_params.items()}
-            options = {k: PLAUSIBLE.get(k, ["x"]) for k in inputs}
-            for i in range(max((len(v) for v in options.values()), default=1)):
-                values = gvalues | {f"inputs.parameters.{k}": v[min(i, len(v) - 1)] for k, v in options.items()}
-                args = [substitute(a, values, default="x") for a in c.get("args") or []]
-                ns, err = parse_cli(args)
-                if ns is None:
-                    problems.append(f"{where}: `lt-ssl {shlex.join(args)}` does not parse: {err}")
-            expr = (t.get("retryStrategy") or {}).get("expression")
-            if not expr:
-                problems.append(f"{where}: an lt-ssl step needs a retryStrategy with an expression sparing exit codes 2 and 3")
-            else:
-                try:
-                    from ..errors import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_PREEMPTED, EXIT_STORAGE, EXIT_UNEXPECTED
 
-                    for code in (EXIT_BAD_INPUT, EXIT_COLLAPSE):
-                        if retried(expr, code):
-                            problems.append(f"{where}: retryStrategy retries exit code {code}, which no retry can fix")
-                    for code in (EXIT_UNEXPECTED, EXIT_STORAGE, EXIT_PREEMPTED):
-                        if not retried(expr, code):
-                            problems.append(f"{where}: retryStrategy does not retry exit code {code}")
-                except ValueError as e:
-                    problems.append(f"{where}: {e}")
+def _lt_ssl_problems(t: dict, where: str, global_params: dict, inputs: dict) -> list[str]:
+    """An `lt-ssl` container's args parse with the real CLI; its retries spare exit codes 2 and 3."""
+    from ..errors import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_PREEMPTED, EXIT_STORAGE, EXIT_UNEXPECTED
 
-    for metric in (spec.get("metrics") or {}).get("prometheus") or []:
-        problems += _metric_problems(metric, "spec", metric_shapes)
-    problems += _fan_out_problems(templates, {s.stage for s in PIPELINE if s.fan_out})
+    problems = []
+    gvalues = {f"workflow.parameters.{k}": substitute(str(p.get("value", "x")), {"workflow.name": "wf-abc12"})
+               for k, p in global_params.items()}
+    options = {k: PLAUSIBLE.get(k, ["x"]) for k in inputs}
+    for i in range(max((len(v) for v in options.values()), default=1)):
+        values = gvalues | {f"inputs.parameters.{k}": v[min(i, len(v) - 1)] for k, v in options.items()}
+        args = [substitute(a, values, default="x") for a in t["container"].get("args") or []]
+        ns, err = parse_cli(args)
+        if ns is None:
+            problems.append(f"{where}: `lt-ssl {shlex.join(args)}` does not parse: {err}")
+    expr = (t.get("retryStrategy") or {}).get("expression")
+    if not expr:
+        return problems + [f"{where}: an lt-ssl step needs a retryStrategy with an expression sparing exit codes 2 and 3"]
+    try:
+        problems += [f"{where}: retryStrategy retries exit code {c}, which no retry can fix"
+                     for c in (EXIT_BAD_INPUT, EXIT_COLLAPSE) if retried(expr, c)]
+        problems += [f"{where}: retryStrategy does not retry exit code {c}"
+                     for c in (EXIT_UNEXPECTED, EXIT_STORAGE, EXIT_PREEMPTED) if not retried(expr, c)]
+    except ValueError as e:
+        problems.append(f"{where}: {e}")
     return problems
 
 
@@ -540,27 +356,17 @@ def _name_problems(obj: dict, spec: dict) -> list[str]:
     name = meta.get("name") or meta.get("generateName", "") + "xxxxx"
     if len(name) > limit:
         problems.append(f"metadata name {name!r} is longer than {limit} characters")
-    if obj.get("kind") == "CronWorkflow":
-        for sched in (obj.get("spec") or {}).get("schedules") or []:
-            if len(sched.split()) != 5 and not sched.startswith("@"):
-                problems.append(f"cron schedule {sched!r} needs 5 fields (minute hour day month weekday)")
+    for sched in (obj.get("spec") or {}).get("schedules") or [] if obj.get("kind") == "CronWorkflow" else []:
+        if len(sched.split()) != 5 and not sched.startswith("@"):
+            problems.append(f"cron schedule {sched!r} needs 5 fields (minute hour day month weekday)")
     for t in spec.get("templates") or []:
-        if not FIELD_NAME.match(str(t.get("name", ""))):
-            problems.append(f"template name {t.get('name')!r}: letters, digits and '-', starting with a letter or digit")
-        for inv in _invocations(t):
+        for inv in [t, *_invocations(t)]:
             if not FIELD_NAME.match(str(inv.get("name", ""))):
                 problems.append(f"template {t.get('name')!r}: task/step name {inv.get('name')!r} is not a valid Argo name")
-            if sum(k in inv for k in ("withItems", "withParam", "withSequence")) > 1:
-                problems.append(f"template {t.get('name')!r} task {inv.get('name')!r}: only one of withItems, withParam, withSequence")
         for section in ("inputs", "outputs"):
             for p in ((t.get(section) or {}).get("parameters") or []):
                 if not PARAM_NAME.match(str(p.get("name", ""))):
                     problems.append(f"template {t.get('name')!r}: parameter name {p.get('name')!r} must be letters, digits, '_' or '-'")
-    for p in (spec.get("arguments") or {}).get("parameters") or []:
-        if not PARAM_NAME.match(str(p.get("name", ""))):
-            problems.append(f"spec.arguments: parameter name {p.get('name')!r} must be letters, digits, '_' or '-'")
-        if "value" not in p and "valueFrom" not in p:
-            problems.append(f"spec.arguments: parameter {p.get('name')!r} needs a value (a default) or valueFrom")
     return problems
 
 
@@ -571,60 +377,54 @@ def _ancestors(deps: dict[str, list[str]]) -> dict[str, set[str]]:
         stack = list(deps[task])
         while stack:
             d = stack.pop()
-            if d in seen:
-                continue
-            seen.add(d)
-            stack += deps.get(d, [])
+            if d not in seen:
+                seen.add(d)
+                stack += deps.get(d, [])
         out[task] = seen
     return out
 
 
 def _metric_problems(metric: dict, where: str, shapes: dict[str, tuple]) -> list[str]:
+    """Prometheus-valid names; one type, label set and help per name."""
     name = metric.get("name", "")
-    problems = []
-    if not METRIC_NAME.match(name):
-        problems.append(f"{where}: metric name {name!r} must be letters, digits and _ only")
-    elif not name.startswith("lt_ssl_"):
-        problems.append(f"{where}: metric {name!r} must start with lt_ssl_")
-    gauge = metric.get("gauge")
-    if gauge is not None and "realtime" not in gauge:
-        problems.append(f"{where}: gauge {name!r} needs realtime: true|false")
-    labels = metric.get("labels") or []
-    for label in labels:
-        if not str(label.get("value", "")).strip():
-            problems.append(f"{where}: metric {name!r} label {label.get('key')!r} has an empty value")
+    problems = [] if METRIC_NAME.match(name) else [f"{where}: metric name {name!r} must be letters, digits and _ only"]
     kind = next((k for k in ("gauge", "counter", "histogram") if k in metric), None)
-    shape = (kind, tuple(sorted(label.get("key") for label in labels)), metric.get("help"))
+    shape = (kind, tuple(sorted(label.get("key") for label in metric.get("labels") or [])), metric.get("help"))
     if shapes.setdefault(name, shape) != shape:
         problems.append(f"{where}: metric {name!r} is declared elsewhere with another type, label set or help")
     return problems
 
 
-def _fan_out_problems(templates: dict[str, dict], fan_out_stages: set[str]) -> list[str]:
-    """The expert fan-out must iterate over the cluster task's output, read from the file the cluster
-    stage writes (`--clusters-out`)."""
+def _fan_out_problems(templates: dict[str, dict]) -> list[str]:
+    """A fan-out stage must iterate over its source stage's output parameter, read from the file that
+    stage writes (the output option of `plan.Output`)."""
+    from .plan import PLANS
+
+    sources = {s.name: p.stage(s.fan_out) for p in PLANS.values() for s in p.stages if s.fan_out}
     problems = []
     for name, t in templates.items():
         tasks = {task.get("name"): task for task in _invocations(t)} if "dag" in t else {}
         for task in tasks.values():
-            if task.get("template") not in fan_out_stages:
+            source = sources.get(task.get("template"))
+            if source is None:
                 continue
             where = f"template {name!r} task {task.get('name')!r}"
             mt = re.fullmatch(r"\{\{tasks\.([\w-]+)\.outputs\.parameters\.([\w-]+)\}\}", str(task.get("withParam", "")))
             if not mt:
-                problems.append(f"{where}: a fan-out stage must iterate withParam over the cluster task's output parameter")
+                problems.append(f"{where}: a fan-out stage must iterate withParam over the {source.name} task's output parameter")
                 continue
             src = tasks.get(mt.group(1))
-            cluster_t = templates.get((src or {}).get("template"))
-            if cluster_t is None or cluster_t.get("name") != "cluster":
-                problems.append(f"{where}: withParam reads task {mt.group(1)!r}, which does not run the cluster stage")
+            source_t = templates.get((src or {}).get("template"))
+            if source_t is None or source_t.get("name") != source.name:
+                problems.append(f"{where}: withParam reads task {mt.group(1)!r}, which does not run the {source.name} stage")
                 continue
-            args = (cluster_t.get("container") or {}).get("args") or []
-            out = _params(cluster_t.get("outputs")).get(mt.group(2), {})
-            written = args[args.index("--clusters-out") + 1] if "--clusters-out" in args else None
+            args = (source_t.get("container") or {}).get("args") or []
+            out = _params(source_t.get("outputs")).get(mt.group(2), {})
+            flag = source.output.flag
+            written = args[args.index(flag) + 1] if flag in args else None
             if written is None or (out.get("valueFrom") or {}).get("path") != written:
-                problems.append(f"{where}: output {mt.group(2)!r} of the cluster template must be read from the "
-                                f"--clusters-out file ({written})")
+                problems.append(f"{where}: output {mt.group(2)!r} of the {source.name} template must be read from the "
+                                f"{flag} file ({written})")
     return problems
 
 
@@ -663,21 +463,3 @@ def check(obj: dict, registry: dict[str, dict] | None = None, source: str = "wor
     found = problems(obj, registry, schema=schema)
     if found:
         raise WorkflowValidationError(found, source)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m lt_ssl.pipeline.validate FILE...`: print every problem, exit 1 if any."""
-    paths = argv if argv is not None else sys.argv[1:]
-    objs = {p: load_objects(p) for p in paths}
-    registry = registry_of([o for docs in objs.values() for o in docs])
-    bad = 0
-    for p, docs in objs.items():
-        for o in docs:
-            for msg in problems(copy.deepcopy(o), registry):
-                print(f"{p}: {msg}")
-                bad += 1
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

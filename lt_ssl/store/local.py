@@ -1,9 +1,15 @@
-"""file:// artifact store: write to a temp name in the same folder, fsync, rename."""
+"""file:// artifact store: write to a temp name in the same folder, fsync, rename.
+
+A temp name carries its writer's host and pid (`.<name>.<host>-<pid>.<random>.tmp`), so a writer
+killed mid-write (SIGKILL, OOM) leaves a file that the next LocalStore on that host recognises as
+dead and deletes, instead of litter that accumulates with every kill."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -11,10 +17,36 @@ from ..errors import StorageError
 from .base import Store, check_key
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64]
+_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_dead_temporaries(root: Path) -> list[Path]:
+    """Delete temp files under `root` whose writer (on this host) no longer runs; returns them."""
+    removed = []
+    for path in root.rglob(".*.tmp") if root.is_dir() else ():
+        m = _TEMP.match(path.name)
+        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 class LocalStore(Store):
     def __init__(self, root: Path):
         self.root = root
         self.uri = root.as_uri()
+        remove_dead_temporaries(root)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -29,7 +61,7 @@ class LocalStore(Store):
     def _atomic_write(self, key: str, write) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)

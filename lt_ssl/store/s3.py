@@ -36,10 +36,12 @@ import base64
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError, LtSslError, StorageAccessError, StorageError
 from .base import Store, check_key
 
 _MiB = 1 << 20
@@ -57,6 +59,7 @@ _CREDENTIAL_CODES = {
     "Forbidden",
 }
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound", "Not Found"}
+_BARE_404 = {"", "404", "NotFound", "Not Found"}  # a HEAD's 404: no body, so no code saying what is missing
 
 
 def _env(*names: str, default: str | None = None) -> str | None:
@@ -167,8 +170,35 @@ class S3Store(Store):
         except Exception:  # noqa: BLE001 - only for a message
             return "AWS S3"
 
+    @contextmanager
+    def _request(self, what: str, *, reading: bool = False) -> Iterator[None]:
+        """Run S3 calls, translating any failure into one StorageError line naming `what` (a URI)."""
+        try:
+            yield
+        except LtSslError:
+            raise  # already one line (a bad LT_SSL_S3_* setting)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+            if _status(exc) == 404 and _code(exc) in _BARE_404 and not self._bucket_seen:
+                self._check_bucket(what)  # a HEAD's 404 has no body: is it the key or the bucket?
+            raise self._error(exc, what, reading=reading) from exc
+        self._bucket_seen = True
+
+    def _check_bucket(self, what: str) -> None:
+        try:
+            self._client().head_bucket(Bucket=self.bucket)
+        except Exception as exc:  # noqa: BLE001
+            if _status(exc) == 404:
+                raise self._no_bucket(what) from exc
+            raise self._error(exc, what) from exc
+        self._bucket_seen = True
+
+    def _no_bucket(self, what: str) -> StorageAccessError:
+        return StorageAccessError(f"bucket {self.bucket!r} does not exist at {self._endpoint_for_message()} "
+                                  f"(for {what}); create it or fix the run URI")
+
     def _error(self, exc: BaseException, what: str, *, reading: bool = False) -> StorageError:
-        """Translate a boto3/botocore failure into a one-line StorageError naming `what` (a URI)."""
+        """Translate a boto3/botocore failure into a one-line StorageError naming `what` (a URI).
+        Errors only a user can fix (credentials, a missing bucket) are StorageAccessErrors: exit 2, no retry."""
         from botocore import exceptions as bce
 
         # boto3's upload wraps ClientError in S3UploadFailedError (chained as __context__).
@@ -183,32 +213,23 @@ class S3Store(Store):
         if cause is None:
             cause = exc
 
+        endpoint = self._endpoint_for_message()
         if isinstance(cause, (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ConnectionClosedError)):
-            return StorageError(
-                f"cannot reach S3 endpoint {self._endpoint_for_message()} for {what}: {_one_line(cause)}; "
-                "check AWS_ENDPOINT_URL"
-            )
+            return StorageError(f"cannot reach S3 endpoint {endpoint} for {what}: {_one_line(cause)}; check AWS_ENDPOINT_URL")
         if isinstance(cause, bce.ReadTimeoutError):
-            return StorageError(
-                f"S3 endpoint {self._endpoint_for_message()} timed out for {what}: {_one_line(cause)}; "
-                "the stage is retried, or raise LT_SSL_S3_READ_TIMEOUT"
-            )
+            return StorageError(f"S3 endpoint {endpoint} timed out for {what}: {_one_line(cause)}; "
+                                "the stage is retried, or raise LT_SSL_S3_READ_TIMEOUT")
         if isinstance(cause, (bce.NoCredentialsError, bce.PartialCredentialsError)):
-            return StorageError(
-                f"no S3 credentials for {what}: {_one_line(cause)}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            )
+            return StorageAccessError(f"no S3 credentials for {what}: {_one_line(cause)}; "
+                                      "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         if isinstance(cause, bce.ClientError):
-            err = cause.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = _one_line(err.get("Message") or cause)
+            code, status = _code(cause), _status(cause)
+            message = _one_line(cause.response.get("Error", {}).get("Message") or cause)
             if code == "NoSuchBucket":
-                return self._no_bucket_error(what)
+                return self._no_bucket(what)
             if code in _CREDENTIAL_CODES or status == 403:
-                return StorageError(
-                    f"S3 at {self._endpoint_for_message()} refused the credentials for {what} ({code or status}: "
-                    f"{message}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                )
+                return StorageAccessError(f"S3 at {endpoint} refused the credentials for {what} ({code or status}: "
+                                          f"{message}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
             if reading and (code in _MISSING_KEY_CODES or status == 404):
                 return StorageError(f"{what} does not exist; run the stage that writes it first")
             return StorageError(f"S3 request for {what} failed ({code or status}: {message})")
@@ -216,94 +237,64 @@ class S3Store(Store):
             return StorageError(f"S3 request for {what} failed: {_one_line(cause)}")
         return StorageError(f"S3 request for {what} failed: {type(exc).__name__}: {_one_line(exc)}")
 
-    def _no_bucket_error(self, what: str) -> StorageError:
-        return StorageError(
-            f"bucket {self.bucket!r} does not exist at {self._endpoint_for_message()} (for {what}); "
-            "create it or fix the run URI"
-        )
-
-    def _check_bucket(self, what: str) -> None:
-        """After a 404 on a HEAD (no body, so no error code): raise if the bucket itself is missing."""
-        if self._bucket_seen:
-            return
-        client = self._client()
-        try:
-            client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, _client_error()) and _status(exc) == 404:
-                raise self._no_bucket_error(what) from exc
-            raise self._error(exc, what) from exc
-        self._bucket_seen = True
-
     # ----------------------------------------------------------------- Store interface
 
     def read_bytes(self, key: str) -> bytes:
         full = self._full(key)
-        client = self._client()
-        try:
-            body = client.get_object(Bucket=self.bucket, Key=full)["Body"]
+        with self._request(self.url(key), reading=True):
+            body = self._client().get_object(Bucket=self.bucket, Key=full)["Body"]
             try:
-                data = body.read()
+                return body.read()
             finally:
                 body.close()
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, self.url(key), reading=True) from exc
-        self._bucket_seen = True
-        return data
 
     def write_bytes(self, key: str, data: bytes) -> None:
         full = self._full(key)
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - integrity, not security
-        client = self._client()
+        with self._request(self.url(key)):
+            self._client().put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5)
+
+    def _head(self, full: str, what: str) -> dict | None:
+        """The object's HEAD, or None if it does not exist (in a bucket that does)."""
         try:
-            client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5)
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, self.url(key)) from exc
-        self._bucket_seen = True
+            with self._request(what, reading=True):
+                return self._client().head_object(Bucket=self.bucket, Key=full)
+        except StorageError as e:
+            if _status(e.__cause__) == 404 and not isinstance(e, StorageAccessError):
+                return None
+            raise
 
     def exists(self, key: str) -> bool:
-        full = self._full(key)
-        client = self._client()
-        try:
-            client.head_object(Bucket=self.bucket, Key=full)
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, _client_error()) and _status(exc) == 404:
-                self._check_bucket(self.url(key))
-                return False
-            raise self._error(exc, self.url(key)) from exc
-        self._bucket_seen = True
-        return True
+        return self._head(self._full(key), self.url(key)) is not None
 
-    def list(self, prefix: str = "") -> list[str]:
+    def last_modified(self, key: str) -> float | None:
+        """The object's Last-Modified as a Unix time, or None if it does not exist."""
+        head = self._head(self._full(key), self.url(key))
+        return head["LastModified"].timestamp() if head else None
+
+    def list_objects(self, prefix: str = "") -> list[dict[str, Any]]:
+        """[{key, size, etag}] under a folder ('' = all), keys relative to the store, sorted by key."""
         folder = prefix.strip("/")
         if folder:
             check_key(folder)
         base = f"{self.prefix}/" if self.prefix else ""
-        search = f"{base}{folder}/" if folder else base
-        keys: list[str] = []
-        client = self._client()
-        try:
-            paginator = client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=search):
+        out: list[dict[str, Any]] = []
+        with self._request(f"{self.uri}/{folder + '/' if folder else ''}"):
+            pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + (f"{folder}/" if folder else ""))
+            for page in pages:
                 for obj in page.get("Contents", ()):
-                    name = obj["Key"]
-                    rel = name[len(base):]
-                    if not rel or rel.endswith("/"):  # folder markers some tools create
-                        continue
-                    keys.append(rel)
-        except Exception as exc:  # noqa: BLE001
-            what = f"{self.uri}/{folder}/" if folder else f"{self.uri}/"
-            raise self._error(exc, what) from exc
-        self._bucket_seen = True
-        return sorted(keys)
+                    rel = obj["Key"][len(base):]
+                    if rel and not rel.endswith("/"):  # folder markers some tools create
+                        out.append({"key": rel, "size": int(obj["Size"]), "etag": str(obj.get("ETag", "")).strip('"')})
+        return sorted(out, key=lambda o: o["key"])
+
+    def list(self, prefix: str = "") -> list[str]:
+        return [o["key"] for o in self.list_objects(prefix)]
 
     def delete(self, key: str) -> None:
         full = self._full(key)
-        client = self._client()
-        try:
-            client.delete_object(Bucket=self.bucket, Key=full)  # idempotent: no error if absent
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, self.url(key)) from exc
+        with self._request(self.url(key)):
+            self._client().delete_object(Bucket=self.bucket, Key=full)  # idempotent: no error if absent
 
     def _transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
@@ -317,16 +308,14 @@ class S3Store(Store):
         path = Path(path)
         if not path.is_file():
             raise StorageError(f"cannot upload {path} to {self.url(key)}: not a file")
-        client, config = self._client(), self._transfer_config()
+        config = self._transfer_config()
         try:
-            client.upload_file(str(path), self.bucket, full, Config=config)
+            with self._request(self.url(key)):
+                self._client().upload_file(str(path), self.bucket, full, Config=config)
         except BaseException as exc:
-            if path.stat().st_size >= config.multipart_threshold and not _unreachable(exc):
+            if path.stat().st_size >= config.multipart_threshold and not _unreachable(exc.__cause__ or exc):
                 self._abort_multipart(full)  # s3transfer aborts too; this covers a failed abort
-            if not isinstance(exc, Exception):
-                raise  # KeyboardInterrupt / SystemExit: after cleanup, let it through
-            raise self._error(exc, self.url(key)) from exc
-        self._bucket_seen = True
+            raise
 
     def _abort_multipart(self, full: str) -> None:
         """Best effort: abort multipart uploads of exactly this key left by a failed upload_file."""
@@ -340,73 +329,20 @@ class S3Store(Store):
             pass
 
     def download_file(self, key: str, path: Path) -> None:
-        full = self._full(key)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # s3transfer writes to a temporary name beside `path` and renames it when complete.
-        client, config = self._client(), self._transfer_config()
-        try:
-            client.download_file(self.bucket, full, str(path), Config=config)
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, _client_error()) and _status(exc) == 404:
-                self._check_bucket(self.url(key))
-                raise StorageError(f"{self.url(key)} does not exist; run the stage that writes it first") from exc
-            raise self._error(exc, self.url(key), reading=True) from exc
-        self._bucket_seen = True
-
-    # ----------------------------------------------------------------- extras used by data/remote.py
-
-    def list_objects(self, prefix: str = "") -> list[dict[str, Any]]:
-        """[{key, size, etag}] under a folder ('' = all), keys relative to the store, sorted by key."""
-        folder = prefix.strip("/")
-        if folder:
-            check_key(folder)
-        base = f"{self.prefix}/" if self.prefix else ""
-        search = f"{base}{folder}/" if folder else base
-        out: list[dict[str, Any]] = []
-        client = self._client()
-        try:
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=search):
-                for obj in page.get("Contents", ()):
-                    rel = obj["Key"][len(base):]
-                    if rel and not rel.endswith("/"):
-                        out.append({"key": rel, "size": int(obj["Size"]), "etag": str(obj.get("ETag", "")).strip('"')})
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, f"{self.uri}/{folder + '/' if folder else ''}") from exc
-        return sorted(out, key=lambda o: o["key"])
-
-
-    def last_modified(self, key: str) -> float | None:
-        """The object's Last-Modified as a Unix time, or None if it does not exist."""
-        full, client = self._full(key), self._client()
-        try:
-            head = client.head_object(Bucket=self.bucket, Key=full)
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, _client_error()) and _status(exc) == 404:
-                return None
-            raise self._error(exc, self.url(key)) from exc
-        return head["LastModified"].timestamp()
+        self._download(self._full(key), self.url(key), Path(path))
 
     def fetch_object(self, rel_key: str, path: Path) -> None:
         """Download `prefix/rel_key` to `path` for dataset mirroring, where keys need not follow check_key
         (e.g. CIFAR-100's 'file.txt~'); the caller guarantees `path` stays inside its folder."""
         if not rel_key or rel_key.startswith("/") or any(p in ("", ".", "..") for p in rel_key.split("/")):
             raise StorageError(f"object key {rel_key!r} under {self.uri} is not a plain relative path")
-        full = f"{self.prefix}/{rel_key}" if self.prefix else rel_key
-        what = f"{self.uri}/{rel_key}"
-        client, config = self._client(), self._transfer_config()
-        try:
-            client.download_file(self.bucket, full, str(path), Config=config)
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, _client_error()) and _status(exc) == 404:
-                raise StorageError(f"{what} does not exist (deleted while downloading?)") from exc
-            raise self._error(exc, what, reading=True) from exc
+        self._download(f"{self.prefix}/{rel_key}" if self.prefix else rel_key, f"{self.uri}/{rel_key}", Path(path))
 
-
-def _client_error() -> type:
-    from botocore.exceptions import ClientError
-
-    return ClientError
+    def _download(self, full: str, what: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # s3transfer writes to a temporary name beside `path` and renames it when complete.
+        with self._request(what, reading=True):
+            self._client().download_file(self.bucket, full, str(path), Config=self._transfer_config())
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -417,4 +353,10 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _status(exc: Any) -> int | None:
-    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    response = getattr(exc, "response", None)
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+
+
+def _code(exc: Any) -> str:
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""

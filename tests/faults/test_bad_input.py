@@ -254,9 +254,9 @@ CASES = [
          "expert --cluster 5 does not exist: the non-empty clusters are [0, 1, 2, 3]"),
     Case("expert-id-does-not-exist", on_base("expert", "--cluster", "99"), "expert --cluster 99 does not exist"),
     Case("expert-id-negative", on_base("expert", "--cluster", "-1"), "expert --cluster -1 does not exist"),
-    Case("expert-without-cluster", on_base("expert"), "--cluster K is required for the expert stage and only for it"),
-    Case("cluster-for-another-stage", on_base("pretrain", "--cluster", "0"), "--cluster K is required for the expert stage and only for it"),
-    Case("stage-before-its-inputs", on_base("distill"), "experts [0, 1, 2, 3] are not done: run `lt-ssl stage expert --cluster K`"),
+    Case("expert-without-cluster", on_base("expert"), "--cluster K is required for stage expert: it runs once per cluster id"),
+    Case("cluster-for-another-stage", on_base("pretrain", "--cluster", "0"), "stage pretrain takes no --cluster K: it runs once"),
+    Case("stage-before-its-inputs", on_base("distill"), "experts [0, 1, 2, 3] are not done: run `lt-ssl stage expert --cluster K --run"),
     Case("run-without-config", lambda c: ["stage", "pretrain", "--run", (c.runs / "empty").as_uri()],
          "has no config.yaml; run `lt-ssl stage prepare --run"),
     # ---------------------------------------------------------------- checkpoints
@@ -282,9 +282,9 @@ CASES = [
          setup=plant("pretrain/model.pt", ckpt("simclr/small_cnn/128")), teardown=unplant("pretrain/model.pt")),
     # ---------------------------------------------------------------- storage
     Case("s3-wrong-credentials", lambda c: s3_prepare(c, c.s3_env().uri("runs/existing")),
-         "refused the credentials", code=74, setup=_wrong_credentials, around=_iam),
+         "refused the credentials", code=2, setup=_wrong_credentials, around=_iam),  # a user's fix: no retry
     Case("s3-missing-bucket", lambda c: s3_prepare(c, f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/runs/x"),
-         "does not exist at http://127.0.0.1", code=74, setup=lambda c: c.s3_env()),
+         "does not exist at http://127.0.0.1", code=2, setup=lambda c: c.s3_env()),
     Case("s3-endpoint-unreachable", lambda c: s3_prepare(c, "s3://bucket/runs/x"), "; check AWS_ENDPOINT_URL", code=74,
          setup=_dead_endpoint),
     Case("s3-bad-tuning-variable", lambda c: s3_prepare(c, c.s3_env().uri("runs/x")), "LT_SSL_S3_MAX_ATTEMPTS='many' is not a number",

@@ -368,7 +368,9 @@ def test_a_done_stage_rerun_by_argo_still_writes_its_output_parameters(runs, tmp
     """Argo retries a pod killed after _SUCCESS.json was written but before it exited: the stage is
     skipped, and the files Argo reads as output parameters must still be there."""
     from lt_ssl.cli import main
-    from lt_ssl.pipeline.stages import HEADLINE
+    from lt_ssl.pipeline.plan import PLANS
+
+    HEADLINE = [name for name, _ in PLANS["recipe"].stage("evaluate").output.fields]
 
     uri = runs["killed"].store.uri
     clusters_out, outputs_dir = tmp_path / "clusters.json", tmp_path / "outputs"

@@ -263,7 +263,7 @@ def test_stage_logs_and_artifacts_never_show_the_secret_key(forked, s3_bucket, t
         for debug in ([], ["--debug"]):
             rc, log = forked.run(["stage", "pretrain", "--run", run_uri, *debug],
                                  env={"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": secret})
-            assert rc == 74 and "refused the credentials" in log, log
+            assert rc == 2 and "refused the credentials" in log, log  # a user error: never retried
             assert ("Traceback" in log) == bool(debug)
             logs.append(log)
     for log in logs:

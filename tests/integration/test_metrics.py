@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 
 import pytest
+from prometheus_client.exposition import delete_from_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
 from lt_ssl import metrics as metrics_mod
@@ -17,6 +18,11 @@ from lt_ssl.metrics import StageMetrics
 
 def _run_id() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def _delete(m: StageMetrics) -> None:
+    """Remove a test's group from the Pushgateway (groups never expire by themselves)."""
+    delete_from_gateway(m.pushgateway_url, job=m.job, grouping_key=m.grouping_key)
 
 
 def _groups(pushgateway: str, run_id: str) -> list[dict]:
@@ -68,7 +74,7 @@ def test_pushed_accuracy_is_queryable_in_prometheus(pushgateway, prometheus, que
         dur = query_until(prometheus, f'lt_ssl_stage_duration_seconds{{run="{run_id}"}}', timeout=30)
         assert float(dur[0]["value"][1]) == 12.5
     finally:
-        assert m.delete() is True
+        _delete(m)
     assert _gone(pushgateway, run_id)
 
 
@@ -90,7 +96,7 @@ def test_parallel_experts_keep_separate_groups_without_instance(pushgateway):
             assert float(loss["value"]) == 0.5 + k
     finally:
         for m in experts:
-            m.delete()
+            _delete(m)
     assert _gone(pushgateway, run_id)
 
 
@@ -99,15 +105,15 @@ def test_push_replaces_the_group(pushgateway):
     """push_to_gateway (PUT): a retried stage's push replaces what a failed attempt left."""
     run_id = _run_id()
     first = StageMetrics(run_id, "pretrain", pushgateway_url=pushgateway)
-    first.gauge("collapse_std_ratio", "Std of normalised outputs times sqrt(dim).", 0.9)
+    first.stage_duration(9.0)
     first.push()
     retry = StageMetrics(run_id, "pretrain", pushgateway_url=pushgateway)
     retry.progress(epoch=0, step=1, loss=1.0, images_per_second=5.0, lr=0.1)
     try:
         (group,) = _groups(pushgateway, run_id)
-        assert "lt_ssl_train_loss" in group and "lt_ssl_collapse_std_ratio" not in group
+        assert "lt_ssl_train_loss" in group and "lt_ssl_stage_duration_seconds" not in group
     finally:
-        retry.delete()
+        _delete(retry)
 
 
 # ------------------------------------------------------------------------------ no servers needed
@@ -118,12 +124,10 @@ def test_exposition_parses_with_conventional_names():
     m.progress(epoch=3, step=120, loss=0.25, images_per_second=812.0, lr=0.05)
     m.accuracy("base", "many", "knn", 0.5)
     m.stage_duration(3.5)
-    m.gauge("cluster_images", "Images assigned to a cluster.", 420, cluster=2)
     families = {f.name: f for f in text_string_to_metric_families(m.exposition().decode())}
     assert set(families) == {
         "lt_ssl_train_epoch", "lt_ssl_train_step", "lt_ssl_train_loss", "lt_ssl_train_images_per_second",
         "lt_ssl_train_learning_rate", "lt_ssl_eval_accuracy_ratio", "lt_ssl_stage_duration_seconds",
-        "lt_ssl_cluster_images",
     }
     (loss,) = families["lt_ssl_train_loss"].samples
     assert loss.labels == {"stage": "expert-2", "cluster": "2"} and loss.value == 0.25
@@ -134,15 +138,10 @@ def test_exposition_parses_with_conventional_names():
     assert StageMetrics("r1", "evaluate").grouping_key == {"run": "r1", "stage": "evaluate"}
 
 
-def test_bad_values_and_labels_are_refused():
+def test_an_accuracy_in_percent_is_refused():
     m = StageMetrics("r1", "evaluate", pushgateway_url="")
     with pytest.raises(ValueError, match="ratio"):
         m.accuracy("student", "few", "knn", 43.2)
-    with pytest.raises(ValueError, match="grouping"):
-        m.gauge("x", "x", 1.0, instance="pod-1")
-    m.gauge("lt_ssl_y", "y", 1.0, a="1")
-    with pytest.raises(ValueError, match="labels"):
-        m.gauge("y", "y", 1.0, b="1")
 
 
 def test_push_to_dead_gateway_warns_once_and_does_not_raise(caplog):
@@ -151,7 +150,6 @@ def test_push_to_dead_gateway_warns_once_and_does_not_raise(caplog):
         for step in range(6):
             m.progress(epoch=0, step=step, loss=1.0, images_per_second=10.0, lr=0.1)
         assert m.push() is False
-        assert m.delete() is False
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "push" in r.getMessage()]
     assert len(warnings) == 1
     assert "training goes on" in warnings[0].getMessage() and "\n" not in warnings[0].getMessage()
@@ -242,8 +240,7 @@ def test_dashboard_argo_panels_match_the_workflows_template_metrics():
                 walk(v)
 
     files = sorted((DASHBOARD.parents[3] / "workflows").glob("*.yaml"))
-    if not files:
-        pytest.skip("no workflows/*.yaml rendered yet")
+    assert files, "workflows/*.yaml are committed: the dashboard must be checked against them"
     for f in files:
         for doc in yaml.safe_load_all(f.read_text()):
             walk(doc)

@@ -190,6 +190,7 @@ def test_missing_bucket_is_a_one_line_storage_error(s3_bucket, tmp_path):
         msg = _one_line(ei.value)
         assert "no-such-bucket-lt-ssl" in msg and "s3://no-such-bucket-lt-ssl/runs/r3" in msg, (name, msg)
         assert "bucket" in msg and "does not exist" in msg, (name, msg)
+        assert ei.value.exit_code == 2, (name, "only a user can create the bucket: Argo must not retry")
 
 
 def _dead_port() -> int:
@@ -223,6 +224,7 @@ def test_wrong_credentials_are_a_one_line_storage_error(s3_bucket, monkeypatch):
         msg = _one_line(ei.value)
         assert f"s3://{s3_bucket.bucket}/runs/r5/config.yaml" in msg and "InvalidAccessKeyId" in msg
         assert "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in msg
+        assert ei.value.exit_code == 2  # wrong credentials: a user error, never retried
 
 
 def test_wrong_secret_is_a_one_line_storage_error(s3_bucket, monkeypatch):

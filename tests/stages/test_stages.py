@@ -22,13 +22,14 @@ def done_run(tmp_path_factory):
     cfg = load_config(QUICKSTART, TINY)
     clusters_out = root.parent / "clusters.json"
     outputs = root.parent / "outputs"
-    for name in ("prepare", "pretrain", "baseline", "cluster"):
-        assert run_stage(name, store, cfg if name == "prepare" else None, clusters_out=str(clusters_out)) == "done"
+    for name in ("prepare", "pretrain", "baseline"):
+        assert run_stage(name, store, cfg if name == "prepare" else None) == "done"
+    assert run_stage("cluster", store, None, output_path=str(clusters_out)) == "done"
     ids = json.loads(clusters_out.read_text())
     for k in ids:
         assert run_stage("expert", store, None, cluster=k) == "done"
     assert run_stage("distill", store, None) == "done"
-    assert run_stage("evaluate", store, None, outputs_dir=str(outputs)) == "done"
+    assert run_stage("evaluate", store, None, output_path=str(outputs)) == "done"
     return store, cfg, ids, outputs
 
 
@@ -151,3 +152,49 @@ def test_resume_with_other_metrics_url_and_device_skips_every_stage(done_run, mo
         stage, _, k = prefix.partition("/")
         assert run_stage(stage, store, new if stage == "prepare" else None, cluster=int(k) if k else None,
                          device="cpu") == "skipped"
+
+
+def test_plain_plan_runs_and_evaluates_only_its_models(tmp_path, tiny_overrides):
+    """The plain baseline is its own graph: prepare -> pretrain -> evaluate, nothing of the recipe."""
+    store = open_store((tmp_path / "run").as_uri())
+    run_stage("prepare", store, load_config(QUICKSTART, tiny_overrides + ["plan=plain"]))
+    with pytest.raises(StageError, match="not in this run's plan 'plain'"):
+        run_stage("cluster", store, None)
+    with pytest.raises(StageError, match="needs stage 'pretrain'"):
+        run_stage("evaluate", store, None)
+    run_stage("pretrain", store, None)
+    assert run_stage("evaluate", store, None, output_path=str(tmp_path / "outputs")) == "done"
+    assert set(store.read_json("evaluate/metrics.json")["models"]) == {"random", "base"}
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["knn_top1_base", "linear_top1_base"]
+
+
+def test_distill_needs_every_expert(tmp_path):
+    """The needs check reads the fan-out: distill refuses to start while one expert is missing."""
+    from lt_ssl.config import config_hash
+
+    store = open_store(tmp_path.as_uri())
+    cfg = load_config(QUICKSTART)
+    run_stage_input = {"config_hash": config_hash(cfg)}
+    from lt_ssl.pipeline.contract import write_config_once
+
+    write_config_once(store, cfg)
+    for prefix in ("prepare", "pretrain", "baseline", "cluster", "expert/0"):
+        store.write_json(f"{prefix}/_SUCCESS.json", run_stage_input)
+    store.write_json("cluster/clusters.json", [0, 2])
+    with pytest.raises(StageError, match=r"needs every expert; experts \[2\] are not done"):
+        run_stage("distill", store, None)
+
+
+def test_prepare_that_failed_on_bad_data_reruns_with_fixed_config_under_the_same_run(tmp_path):
+    from lt_ssl.errors import DataError
+
+    store = open_store(tmp_path.as_uri())
+    bad = load_config(QUICKSTART, ["data.dataset=cifar10", f"data.root={tmp_path / 'missing'}"])
+    with pytest.raises(DataError):
+        run_stage("prepare", store, bad)
+    fixed = load_config(QUICKSTART)
+    assert run_stage("prepare", store, fixed) == "done"
+    assert load_config(QUICKSTART).data.dataset == "digits"
+    from lt_ssl.pipeline.contract import read_config
+
+    assert read_config(store) == fixed

@@ -65,7 +65,7 @@ def test_show_reports_each_stage_and_expert(tmp_path, capsys):
 
     assert runs.main(_cli("runs", "show", store.uri)) == 0
     out = capsys.readouterr().out
-    assert f"config:  quickstart (hash {chash})" in out
+    assert f"config:  quickstart (hash {chash}, plan recipe)" in out
     lines = {line.split()[0]: line.split() for line in out.splitlines()[4:] if line.strip()}
     assert lines["pretrain"][1:4] == ["done", "1", "42.2"] or lines["pretrain"][1:4] == ["done", "1", "42.3"]
     assert lines["expert/1"][1] == "incomplete" and lines["expert/2"][1] == "done"
@@ -128,3 +128,16 @@ def test_the_real_cli_dispatches_runs(tmp_path, capsys):
     assert "r1" in capsys.readouterr().out
     assert main(["runs", "show", str(tmp_path / "missing")]) == 2
     assert "holds no run" in capsys.readouterr().err
+
+
+def test_a_plain_plan_run_lists_only_its_stages(tmp_path, capsys):
+    """`runs` reads the stages from the run's plan: a plain run has no cluster, experts or distill."""
+    store = open_store((tmp_path / "p1").as_uri())
+    cfg = Config(name="plain", plan="plain")
+    chash = config_hash(cfg)
+    store.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    _success(store, "prepare", chash, ["prepare/info.json"], 1.0)
+    info = runs.show_run(store)
+    assert [s["stage"] for s in info["stages"]] == ["prepare", "pretrain", "evaluate"]
+    (listed,) = runs.list_runs(open_store(tmp_path.as_uri()))
+    assert (listed["plan"], listed["done"], listed["stages_done"], listed["stages_total"]) == ("plain", ["prepare"], 1, 3)

@@ -1,3 +1,4 @@
+import os
 import numpy as np
 import pytest
 
@@ -51,3 +52,34 @@ def test_failed_write_leaves_the_old_object(tmp_path, monkeypatch):
 def test_missing_key_is_a_storage_error(tmp_path):
     with pytest.raises(StorageError, match="does not exist"):
         open_store(tmp_path.as_uri()).read_bytes("nope.json")
+
+
+def test_a_killed_writers_temp_file_is_removed_on_the_next_start(tmp_path):
+    """SIGKILL mid-write leaves `.name.<host>-<pid>.*.tmp`; the next LocalStore deletes it because that
+    pid is gone, and keeps the temporaries of writers still running or on another host."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lt_ssl.store.local import _HOST
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from lt_ssl.store.local import LocalStore\n"
+        "s = LocalStore(Path(sys.argv[1]))\n"
+        "s._atomic_write('stage/model.pt', lambda f: (f.write(b'half'), f.flush(), print('writing', flush=True),"
+        " time.sleep(60)))\n"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    (dead,) = (tmp_path / "stage").glob(".model.pt.*.tmp")
+    assert f".{_HOST}-{child.pid}." in dead.name
+    live = tmp_path / "stage" / f".other.json.{_HOST}-{os.getpid()}.abc123.tmp"
+    foreign = tmp_path / "stage" / f".x.json.some-other-host-{child.pid}.abc123.tmp"
+    live.write_bytes(b"in flight")
+    foreign.write_bytes(b"another machine's")
+
+    store = open_store(tmp_path.as_uri())
+    assert not dead.exists()
+    assert live.exists() and foreign.exists()
+    assert store.list() == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lt_ssl import compare
+from lt_ssl.cli import build_parser
 from lt_ssl.errors import ConfigError, StageError
 from lt_ssl.pipeline import validate
 from lt_ssl.store import open_store
@@ -39,7 +40,7 @@ def baseline(tmp_path: Path, metrics: dict, tolerance: float = 0.02, **extra) ->
 
 
 def cli(*argv: str):
-    return validate.cli_parser().parse_args(["compare", *argv])
+    return build_parser().parse_args(["compare", *argv])
 
 
 def test_no_regression_exits_0_and_writes_outputs(run, tmp_path, capsys):
@@ -95,9 +96,9 @@ def test_run_without_metrics(tmp_path):
         compare.main(cli("--run", (tmp_path / "empty").as_uri(), "--baseline", base))
 
 
-def test_empty_baseline_is_refused_with_its_todo(run, tmp_path):
-    base = baseline(tmp_path, {}, TODO="measure me")
-    with pytest.raises(ConfigError, match="no metrics yet.*measure me"):
+def test_empty_baseline_is_refused(run, tmp_path):
+    base = baseline(tmp_path, {})
+    with pytest.raises(ConfigError, match="no metrics yet; fill it from a measured run"):
         compare.main(cli("--run", run, "--baseline", base))
 
 
@@ -125,16 +126,35 @@ def test_nan_current_counts_as_regressed(tmp_path):
     assert (out / "worst_drop").read_text() == "1"
 
 
+def placeholder_problems(raw: dict) -> list[str]:
+    """Why a baseline file is not a measured one (empty: it is)."""
+    problems = []
+    if raw.get("config") != "configs/regression.yaml" or not (raw.get("tolerance", -1) >= 0):
+        problems.append("config must be configs/regression.yaml and tolerance >= 0")
+    if not raw.get("metrics"):
+        problems.append("no metrics: a placeholder")
+    if "TODO" in raw or not raw.get("measured") or not raw.get("config_hash"):
+        problems.append("a measured baseline says how and with which config hash it was measured, and has no TODO")
+    for path, value in (raw.get("metrics") or {}).items():
+        v = value["value"] if isinstance(value, dict) else value
+        if not (isinstance(v, (int, float)) and 0 < v <= 1) or path.split(".")[1:2] not in (["knn"], ["linear"]):
+            problems.append(f"{path}: {v!r} is not an accuracy of a knn or linear evaluation")
+    return problems
+
+
 def test_committed_baseline_is_well_formed_and_not_a_placeholder():
     raw = json.loads((REPO / "configs" / "regression_baseline.json").read_text())
-    assert raw["config"] == "configs/regression.yaml" and raw["tolerance"] >= 0
-    if not raw["metrics"]:
-        assert raw.get("TODO"), "an empty baseline must say what to fill it from"
-        return
-    for path, value in raw["metrics"].items():
-        v = value["value"] if isinstance(value, dict) else value
-        assert 0 < v <= 1, path
-        assert path.split(".")[1] in ("knn", "linear")
+    assert placeholder_problems(raw) == []
+
+
+@pytest.mark.parametrize("placeholder", [
+    {"config": "configs/regression.yaml", "tolerance": 0.03, "metrics": {}, "TODO": "fill from a run"},
+    {"config": "configs/regression.yaml", "tolerance": 0.03, "metrics": {"base.knn.top1": 0.5}},  # says not how
+    {"config": "configs/regression.yaml", "tolerance": 0.03, "metrics": {"base.knn.top1": 0},
+     "measured": "x", "config_hash": "0123456789abcdef"},
+])
+def test_a_placeholder_baseline_is_caught(placeholder):
+    assert placeholder_problems(placeholder)
 
 
 def test_committed_baseline_was_measured_with_the_committed_regression_config():

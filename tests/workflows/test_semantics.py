@@ -10,11 +10,14 @@ from lt_ssl.compare import EXIT_REGRESSED
 from lt_ssl.config import load_config
 from lt_ssl.errors import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_PREEMPTED, EXIT_STORAGE, EXIT_UNEXPECTED
 from lt_ssl.pipeline import argo, validate
-from lt_ssl.pipeline.plan import PIPELINE, Step
+from lt_ssl.pipeline.plan import PLANS, Plan, Stage
 
 from .conftest import FILES, REPO, spec_of, templates_of
 
-STAGES = list(dict.fromkeys(s.stage for s in PIPELINE))
+RECIPE = PLANS["recipe"]
+# Which plan each committed file's pipeline DAG runs.
+PLAN_OF = {"cluster_distill.yaml": ("main", "recipe"), "lt_ssl_stages.yaml": ("main", "recipe"),
+           "regression_cron.yaml": ("main", "recipe"), "baselines.yaml": ("pipeline", "plain")}
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -160,19 +163,36 @@ def test_backoff_has_no_max_duration(committed):
                 assert "maxDuration" not in t["retryStrategy"].get("backoff", {}), (name, t["name"])
 
 
-@pytest.mark.parametrize("name", ["cluster_distill.yaml", "lt_ssl_stages.yaml", "regression_cron.yaml"])
-def test_dag_is_the_pipeline(committed, name):
-    tasks = dag(committed[name])
-    for step in PIPELINE:
-        task = tasks[step.stage]
-        assert task["template"] == step.stage
-        assert set(validate.depends_names(task.get("depends", ""))) == set(step.depends)
-        assert ("withParam" in task) == step.fan_out
+@pytest.mark.parametrize("name", FILES)
+def test_dag_is_the_plan(committed, name):
+    dag_name, plan_name = PLAN_OF[name]
+    plan = PLANS[plan_name]
+    tasks = dag(committed[name], dag_name)
+    assert set(tasks) - {"compare"} == set(plan.names)
+    for stage in plan.stages:
+        task = tasks[stage.name]
+        assert task["template"] == stage.name
+        # every stage a task reads from finishes before it (the DAG may leave out implied edges)
+        before: set[str] = set()
+        todo = list(validate.depends_names(task.get("depends", "")))
+        while todo:
+            d = todo.pop()
+            before.add(d)
+            todo += validate.depends_names(tasks[d].get("depends", ""))
+        assert set(stage.needs) <= before, (name, stage.name)
+        assert ("withParam" in task) == bool(stage.fan_out)
 
 
-def test_workflow_follows_a_new_stage_in_the_pipeline(monkeypatch):
-    """Nothing is hand-listed: a stage added to PIPELINE appears as a template and a task."""
-    monkeypatch.setattr(argo, "PIPELINE", (*PIPELINE, Step("report", ("evaluate",))))
+def test_plain_plan_has_no_recipe_stages(committed):
+    """The plain baseline is its own graph, not the recipe with its steps cut to nothing."""
+    assert set(dag(committed["baselines.yaml"], "pipeline")) == {"prepare", "pretrain", "evaluate"}
+    evaluate = templates_of(committed["baselines.yaml"])["evaluate"]
+    assert {p["name"] for p in evaluate["outputs"]["parameters"]} == {"knn_top1_base", "linear_top1_base"}
+
+
+def test_workflow_follows_a_new_stage_in_the_plan(monkeypatch):
+    """Nothing is hand-listed: a stage added to a plan appears as a template and a task."""
+    monkeypatch.setattr(argo, "RECIPE", Plan("recipe", (*RECIPE.stages, Stage("report", ("evaluate",)))))
     o = argo.to_dict(argo.cluster_distill())
     assert "report" in templates_of(o)
     assert dag(o)["report"]["depends"] == "evaluate"
@@ -212,7 +232,7 @@ def test_gpu_pods(committed, name):
     for t in templates_of(committed[name]).values():
         if t.get("container", {}).get("command") != ["lt-ssl"]:
             continue
-        gpu = t["name"] not in argo.CPU_ONLY_STAGES and t["name"] != "compare"
+        gpu = t["name"] in RECIPE.names and RECIPE.stage(t["name"]).accelerator
         assert ("podSpecPatch" in t) == gpu, t["name"]
         assert ("pendingTimeout" in t) != gpu, "GPU pods may queue for hours; CPU pods get a pendingTimeout"
         if gpu:
@@ -240,8 +260,8 @@ def test_workflow_level_settings(committed, name):
 
 
 def test_cluster_distill_headline_gauges(committed):
-    from lt_ssl.pipeline.stages import HEADLINE
-
+    HEADLINE = [name for name, _ in RECIPE.stage("evaluate").output.fields]
+    assert sorted(HEADLINE) == ["knn_top1_base", "knn_top1_student", "linear_top1_base", "linear_top1_student"]
     evaluate = templates_of(committed["cluster_distill.yaml"])["evaluate"]
     outputs = {p["name"]: p["valueFrom"]["path"] for p in evaluate["outputs"]["parameters"]}
     assert outputs == {k: f"/tmp/outputs/{k}" for k in HEADLINE}
@@ -279,7 +299,7 @@ def test_regression_config_loads():
 @pytest.mark.parametrize("item", argo.baseline_items(), ids=lambda i: i["name"])
 def test_baseline_item_overrides_are_valid_config(item):
     cfg = load_config(REPO / "configs" / "quickstart.yaml", shlex.split(item["overrides"]))
-    assert cfg.cluster.k == 1 and cfg.expert.train.epochs == 0 and not cfg.baseline.enabled
+    assert cfg.plan == "plain"
 
 
 def test_baselines_grid_is_experiment_one(committed):

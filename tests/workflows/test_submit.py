@@ -7,6 +7,7 @@ import argparse
 import pytest
 import yaml
 
+from lt_ssl.cli import build_parser
 from lt_ssl.pipeline import submit, validate
 
 from .conftest import WORKFLOWS, spec_of
@@ -72,7 +73,7 @@ def test_invalid_object_is_refused_before_sending(tmp_path):
 
 
 def cli(argv: list[str]) -> argparse.Namespace:
-    return validate.cli_parser().parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_dry_run_through_the_cli_prints_the_body(capsys):

@@ -1,5 +1,5 @@
 """Walk the Argo DAGs as the controller would and collect every `lt-ssl` command: they must be the
-commands the local runner runs (`plan.commands`) for the same run URI, config, overrides and clusters."""
+commands `lt-ssl run` executes for the same config, overrides and clusters, recorded as it runs."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import shlex
 from typing import Any
 
 import pytest
+import yaml
 
 from lt_ssl.cli import _split_overrides
-from lt_ssl.pipeline import plan, validate
+from lt_ssl.pipeline import local, plan, validate
+from lt_ssl.pipeline.contract import plan_of, write_output
+from lt_ssl.pipeline.report import GROUPS
+from lt_ssl.store import open_store
 
-from .conftest import spec_of, templates_of
+from .conftest import REPO, spec_of, templates_of
 
 WF_NAME = "cluster-distill-x7k2q"
 
@@ -97,6 +101,40 @@ def normalised(argv: list[str]) -> dict[str, Any]:
     return d
 
 
+def local_commands(monkeypatch, tmp_path, argo_run_uri: str, argo_config: str, overrides: str,
+                   ids: list[int]) -> list[list[str]]:
+    """Run `lt-ssl run` with each stage process replaced by a recorder that writes what the stage would
+    hand on (the cluster ids, the metrics); returns the commands the runner executed, in the order it ran
+    them, with its local run URI, config path and temp output paths put back as Argo spells them."""
+    raw = yaml.safe_load((REPO / "configs" / argo_config.rsplit("/", 1)[-1]).read_text())
+    data = raw.setdefault("data", {})
+    data["root"] = data.get("root") or "/data/cifar"  # given on Argo as an override; the commands do not change
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = str(tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    run_uri = (tmp_path / "run").as_uri()
+    store = open_store(run_uri)
+    executed: list[list[str]] = []
+
+    def record(argv: list[str], threads: int, device: str | None, debug: bool) -> int:
+        executed.append(list(argv))
+        stage = plan_of(local.load_config(config, shlex.split(overrides))).stage(argv[2])
+        if stage.output:
+            fake = ids if stage.fan_out is None and stage.output.is_file else {"models": {
+                m: {e: {g: 0.5 for g in GROUPS} for e in ("knn", "linear")} for m in ("base", "student")}}
+            store.write_json(stage.output.source, fake)
+            path = argv[argv.index(stage.output.flag) + 1]
+            write_output(stage.output, store, path)
+            argv = executed[-1]
+            argv[argv.index(path)] = stage.output.path  # a temp path locally, the pod's path on Argo
+        return 0
+
+    monkeypatch.setattr(local, "_execute", record)
+    assert local.run(config, shlex.split(overrides), run_uri, workers=1, device=None, debug=False) == 0
+    swap = {run_uri: argo_run_uri, config: argo_config}
+    return [[swap.get(a, a) for a in argv] for argv in executed]
+
+
 CASES = [
     ({}, [0, 1, 2]),
     ({"config": "/app/configs/cifar10_lt.yaml", "overrides": "cluster.k=3 seed=1", "run-id": "nightly-7",
@@ -106,17 +144,17 @@ CASES = [
 
 
 @pytest.mark.parametrize("params,ids", CASES)
-def test_cluster_distill_runs_the_local_runners_commands(committed, params, ids):
+def test_cluster_distill_runs_the_local_runners_commands(committed, monkeypatch, tmp_path, params, ids):
     o = committed["cluster_distill.yaml"]
     got = lt_ssl_only(Trace(o, params, ids).trace())
     defaults = {p["name"]: p["value"] for p in spec_of(o)["arguments"]["parameters"]}
     p = defaults | params
     run_id = p["run-id"].replace("{{workflow.name}}", WF_NAME)
     run_uri = f"s3://{p['bucket']}/runs/{run_id}"
-    # Argo hands the overrides over as one argument, which the CLI splits: same list either way.
-    assert got == plan.commands(run_uri, p["config"], [p["overrides"]], ids)
-    want = plan.commands(run_uri, p["config"], shlex.split(p["overrides"]), ids)
+    want = local_commands(monkeypatch, tmp_path, run_uri, p["config"], p["overrides"], ids)
+    # Argo hands the overrides over as one argument, which the CLI splits: compare what the CLI makes of them.
     assert [normalised(c) for c in got] == [normalised(c) for c in want]
+    assert [c[:3] for c in got] == [c[:3] for c in want]
 
 
 def test_every_expert_gets_a_pod(committed):
@@ -131,18 +169,18 @@ def test_stages_template_runs_the_same_commands(committed):
     assert lt_ssl_only(a) == lt_ssl_only(b)
 
 
-def test_regression_cron_runs_the_stages_then_compare(committed):
+def test_regression_cron_runs_the_stages_then_compare(committed, monkeypatch, tmp_path):
     o = committed["regression_cron.yaml"]
     got = lt_ssl_only(Trace(o, {}, [0, 1]).trace())
     run_uri = f"s3://lt-ssl/runs/{WF_NAME}"
-    stages = plan.commands(run_uri, "/app/configs/regression.yaml", [""], [0, 1])
+    stages = local_commands(monkeypatch, tmp_path, run_uri, "/app/configs/regression.yaml", "", [0, 1])
     compare = ["lt-ssl", "compare", "--run", run_uri, "--baseline", "/app/configs/regression_baseline.json",
                "--outputs-dir", plan.OUTPUTS_DIR]
-    assert got == [*stages, compare]
+    assert [normalised(c) for c in got] == [normalised(c) for c in [*stages, compare]]
     assert normalised(compare)["command"] == "compare"
 
 
-def test_baselines_run_the_pipeline_per_item(committed):
+def test_baselines_run_the_plain_plan_per_item(committed, monkeypatch, tmp_path):
     from lt_ssl.pipeline.argo import baseline_items
 
     o = committed["baselines.yaml"]
@@ -150,5 +188,7 @@ def test_baselines_run_the_pipeline_per_item(committed):
     want = []
     for item in baseline_items():
         run_uri = f"s3://lt-ssl/runs/{WF_NAME}-{item['name']}"
-        want += plan.commands(run_uri, "/app/configs/cifar10_lt.yaml", [f"{item['overrides']} pretrain.epochs=300"], [0])
-    assert got == want
+        want += local_commands(monkeypatch, tmp_path / item["name"], run_uri, "/app/configs/cifar10_lt.yaml",
+                               f"{item['overrides']} pretrain.epochs=300", [0])
+    assert [normalised(c) for c in got] == [normalised(c) for c in want]
+    assert {c[2] for c in got} == {"prepare", "pretrain", "evaluate"}
