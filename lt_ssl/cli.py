@@ -44,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outputs-dir", default=None, help="write headline metrics one per file here (evaluate stage)")
     s.add_argument("overrides", nargs="*", help="key.sub=value overrides (prepare stage only)")
 
-    from . import compare, runs
+    from . import compare, experiment, runs
     from .pipeline import submit
 
-    for module in (runs, compare, submit):  # each registers its parser with set_defaults(func=main)
+    for module in (runs, compare, submit, experiment):  # each registers its parser with set_defaults(func=main)
         module.add_parser(sub)
     return parser
 

@@ -112,6 +112,9 @@ class EvalConfig:
     linear_lr: float = 0.1
     linear_weight_decay: float = 1e-5
     batch_size: int = 512  # feature extraction batch
+    # What the kNN bank and the linear probe train on: full_balanced = the whole (balanced) training set
+    # (LoTaR thesis); balanced_subset = a balanced subset the size of the pre-training subset (offline-clustering paper)
+    protocol: str = "full_balanced"
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ _CHOICES = {
     "cluster.backend": ("auto", "sklearn", "torch", "torchpq"),
     "expert.init": ("base", "random"),
     "distill.init": ("random", "base"),
+    "evaluate.protocol": ("full_balanced", "balanced_subset"),
 }
 _OPTIMIZERS = ("sgd", "lars")
 
