@@ -11,7 +11,8 @@ An experiment file (experiments/*.yaml):
       SimSiam:     {from: SimSiam+C+D, model: baseline}   # no runs of its own: another model of those cells
     pending: [MSN]                      # variants whose method is not registered yet: "not yet run" rows
     axes:                               # config key -> values; the cells are their product (a list of
-      data.imbalance: [10, 100]         # such mappings is the union of several products)
+      data.imbalance: [10, 100]         # such mappings is the union of several products; a mapping's
+                                        # `variants: [...]` limits it to those variants)
       data.split: [0, 1, 2]
 
 Each cell is a plain `lt-ssl run` of the base config with its overrides, in PREFIX/<cell id>; the id is
@@ -146,8 +147,13 @@ def load_experiment(path: str | Path) -> Experiment:
     for grid in grids:
         if not isinstance(grid, dict):
             raise ConfigError("experiment `axes` must map config keys to lists of values (or be a list of such maps)")
+        only = grid.get("variants", list(variants))
+        if not isinstance(only, list) or any(v not in variants for v in only):
+            raise ConfigError(f"an axes grid's `variants` must list variant names among: {', '.join(variants)}")
         resolved = {}
         for key, values in grid.items():
+            if key == "variants":
+                continue
             full = _resolve_key(str(key))  # "unknown config key 'x'" straight from the config loader
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"axis {key!r} must be a non-empty list of values, got {values!r}")
@@ -156,14 +162,16 @@ def load_experiment(path: str | Path) -> Experiment:
             resolved[full] = values
             if full not in axis_keys:
                 axis_keys.append(full)
-        resolved_grids.append(resolved)
+        resolved_grids.append((resolved, only))
 
     cells: list[Cell] = []
     seen: dict[str, str] = {}
     for v in variants.values():
         if v.source is not None:
             continue
-        for grid in resolved_grids or [{}]:
+        for grid, only in resolved_grids or [({}, list(variants))]:
+            if v.name not in only:
+                continue
             for combo in product(*grid.values()):
                 values = tuple(zip(grid, combo))
                 cid = "--".join([_slug(v.name)] + [f"{_slug(k.rsplit('.', 1)[-1])}-{_slug(x)}" for k, x in values])
@@ -256,7 +264,7 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None]) -> list[dict]:
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     groups: dict[tuple, list[Cell]] = {}
     for cell in exp.cells:
-        key = tuple(dict(cell.values).get(k) for k in row_axes)
+        key = tuple(dict(cell.values).get(k, "") for k in row_axes)  # "": the base config's value
         groups.setdefault(key, []).append(cell)
 
     def row(label: str, variant: str, model: str, key: tuple, cells: list[Cell], pending: bool) -> dict:
