@@ -348,7 +348,16 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+_ADDED_AT_DEFAULT = (("evaluate", "protocol", "full_balanced"),)
+
+
 def config_hash(cfg: Config) -> str:
     """Identity of a resolved config: a stage done under another hash is not reused."""
-    text = json.dumps(to_dict(cfg), sort_keys=True)
+    d = to_dict(cfg)
+    # A field added after runs existed leaves their identity alone while it holds the old behaviour, so
+    # those runs stay resumable and configs/regression_baseline.json stays matched to its config.
+    for section, key, default in _ADDED_AT_DEFAULT:
+        if d[section][key] == default:
+            del d[section][key]
+    text = json.dumps(d, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
