@@ -132,7 +132,7 @@ def experiment_bars_png(rows: dict[str, dict[str, tuple[float, float] | None]]) 
     ax.invert_yaxis()  # first row on top, as in the table
     ax.set_xlabel("top-1 accuracy (%)")
     ax.set_xlim(0, 100)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")  # bars start at the left: the lower right is the emptiest corner
     ax.set_title("mean ± std over splits and seeds")
     return _png(fig)
 
