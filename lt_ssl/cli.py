@@ -46,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 f"({'/'.join(sorted(stages))} stage)")
     s.add_argument("overrides", nargs="*", help=f"key.sub=value overrides ({first} stage only)")
 
-    from . import compare, methods, runs
+    from . import compare, experiment, methods, runs
     from .pipeline import submit
 
-    for module in (runs, compare, submit, methods):  # each registers its parser with set_defaults(func=main)
+    for module in (runs, compare, submit, methods, experiment):  # each registers its parser with set_defaults(func=main)
         module.add_parser(sub)
     return parser
 

@@ -132,6 +132,9 @@ class EvalConfig(Section):
     linear_lr: Float = Field(0.1, gt=0)
     linear_weight_decay: Float = Field(1e-5, ge=0)
     batch_size: int = Field(512, ge=1)  # feature extraction batch
+    # What the kNN bank and the linear probe train on: full_balanced = the whole (balanced) training set
+    # (LoTaR thesis); balanced_subset = a balanced subset the size of the pre-training subset (offline-clustering paper)
+    protocol: Literal["full_balanced", "balanced_subset"] = "full_balanced"
 
 
 class MetricsConfig(Section):
@@ -328,6 +331,8 @@ def to_dict(cfg: BaseModel) -> dict:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 
 
 def config_hash(cfg: Config) -> str:

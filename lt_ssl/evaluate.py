@@ -155,6 +155,15 @@ def linear_probe(
         return F.linear(test, weight, bias).argmax(dim=1)
 
 
+def pixel_encoder() -> nn.Module:
+    """The raw-pixel floor: an "encoder" that returns the flattened images, (B, 3, H, W) -> (B, 3*H*W).
+
+    Passed to extract_features like any backbone, so the pixels are scaled, resized and normalised exactly
+    as a trained encoder's inputs are; kNN and the linear probe (logistic regression) then run on them.
+    """
+    return nn.Flatten()
+
+
 def state_snapshot(module: nn.Module) -> dict[str, Tensor]:
     """A detached copy of module's state dict, to compare against with assert_unchanged."""
     return {name: value.detach().clone() for name, value in module.state_dict().items()}

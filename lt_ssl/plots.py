@@ -111,6 +111,32 @@ def accuracy_bars_png(results: dict[str, dict[str, float]]) -> bytes:
     return _png(fig)
 
 
+def experiment_bars_png(rows: dict[str, dict[str, tuple[float, float] | None]]) -> bytes:
+    """PNG of horizontal bars, one row per label and one bar per evaluation (knn, linear): mean top-1 in [0, 1]
+    with a +-std whisker (none when the std is NaN, i.e. one finished cell). Rows without results show no bar."""
+    if not rows:
+        raise DataError("no experiment rows to plot; check the experiment's axes")
+    evals = list(dict.fromkeys(e for r in rows.values() for e in r))
+    height = 0.8 / max(1, len(evals))
+    y = np.arange(len(rows))
+    fig = Figure(figsize=(9, max(3, 0.35 * len(rows) * max(1, len(evals) / 2) + 1)))
+    ax = fig.add_subplot(1, 1, 1)
+    colours = _cmap(len(evals))(np.arange(len(evals)))
+    for i, ev in enumerate(evals):
+        stats = [r.get(ev) for r in rows.values()]
+        mean = np.array([np.nan if s is None else 100 * s[0] for s in stats])
+        std = np.array([0.0 if s is None or np.isnan(s[1]) else 100 * s[1] for s in stats])
+        ax.barh(y + (i - (len(evals) - 1) / 2) * height, mean, height, xerr=std, label=ev, color=colours[i],
+                error_kw={"elinewidth": 0.8, "capsize": 2})
+    ax.set_yticks(y, list(rows), fontsize=7)
+    ax.invert_yaxis()  # first row on top, as in the table
+    ax.set_xlabel("top-1 accuracy (%)")
+    ax.set_xlim(0, 100)
+    ax.legend(fontsize=8, loc="lower right")  # bars start at the left: the lower right is the emptiest corner
+    ax.set_title("mean ± std over splits and seeds")
+    return _png(fig)
+
+
 def _np(values: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(values, Tensor):
         return values.detach().float().cpu().numpy() if values.is_floating_point() else values.detach().cpu().numpy()

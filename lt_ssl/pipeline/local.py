@@ -51,7 +51,7 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int, de
     print(f"run: {run_uri}", file=sys.stderr)
     write_config_once(store, cfg)  # refuses a different config for an existing run before anything runs
     chash = config_hash(cfg)
-    cpus = os.cpu_count() or 1
+    cpus = int(os.environ.get("LT_SSL_THREADS") or os.cpu_count() or 1)  # `experiment --parallel` shares the cores
 
     def pending(stage: str, cluster: int | None = None) -> bool:
         # Checked here, without starting a process: resuming a long run costs no torch imports.

@@ -6,7 +6,7 @@ from ..config import Config
 from ..store import Store
 
 GROUPS = ("top1", "many", "medium", "few")
-MODEL_ORDER = ("random", "base", "baseline", "student")  # the floor first, the recipe's output last
+MODEL_ORDER = ("pixels", "random", "base", "baseline", "student")  # the floors first, the recipe's output last
 
 
 def results_table(results: dict[str, dict]) -> str:
@@ -34,7 +34,9 @@ Recipe: base {cfg.method.name} ({cfg.backbone}) {cfg.pretrain.epochs} epochs →
 ## Top-1 accuracy on the test set (%)
 
 kNN: cosine, k={cfg.evaluate.knn_k}, T={cfg.evaluate.knn_temperature}; linear: logistic regression on frozen
-features of the full training set. `random` is an untrained encoder of the same architecture.
+features; both trained per protocol `{cfg.evaluate.protocol}` (full_balanced: the full training set; balanced_subset:
+a balanced subset as large as the pre-training subset). Floors: `random` is an untrained encoder of the same
+architecture, `pixels` the flattened normalised images.
 
 {results_table(results)}
 

@@ -18,9 +18,10 @@ from ..cluster import cluster_sizes, kmeans, nonempty_clusters
 from ..config import Config, MethodConfig, TrainConfig, config_hash
 from ..data.augment import augment_batch
 from ..data.datasets import Arrays, group_counts, load_arrays, select_subset
-from ..data.longtail import class_groups
+from ..data.longtail import balanced_indices, class_groups
 from ..errors import DataError, StageError
-from ..evaluate import accuracy_report, assert_unchanged, extract_features, knn_predict, linear_probe, state_snapshot
+from ..evaluate import (accuracy_report, assert_unchanged, extract_features, knn_predict, linear_probe, pixel_encoder,
+                        state_snapshot)
 from .. import methods
 from ..methods import Batch, DistillStudent, Method
 from ..models import build_backbone
@@ -288,7 +289,8 @@ def distill(ctx: Context) -> dict:
 
 
 def evaluate(ctx: Context) -> dict:
-    """kNN and linear probe on frozen features, trained on the full balanced training set."""
+    """kNN and linear probe on frozen features, trained per evaluate.protocol: on the full balanced training set
+    (full_balanced) or on a balanced subset of it as large as the pre-training subset (balanced_subset)."""
     cfg, ev = ctx.cfg, ctx.cfg.evaluate
     info = ctx.store.read_json("prepare/info.json")
     train_set, test_set = load_arrays(cfg.data, train=True), load_arrays(cfg.data, train=False)
@@ -309,6 +311,10 @@ def evaluate(ctx: Context) -> dict:
         b = new_method(cfg, cfg.baseline.method, ctx.device)
         models["baseline"] = load_model(ctx.store, "baseline/model.pt", b,
                                         ssl_arch(cfg, cfg.baseline.method)).backbone
+    models["pixels"] = pixel_encoder()  # the second floor: kNN and logistic regression on the normalised pixels
+    if ev.protocol == "balanced_subset":  # the offline-clustering paper: the probe sees as many images as pre-training
+        keep = torch.from_numpy(balanced_indices(train_set.labels, info["subset_size"], cfg.data.split)).to(ctx.device)
+        x_train, y_train = x_train[keep], y_train[keep]
 
     results: dict[str, dict] = {}
     for name, backbone in models.items():
@@ -325,7 +331,7 @@ def evaluate(ctx: Context) -> dict:
               f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
 
     metrics = {"config_hash": config_hash(cfg), "dataset": info["dataset"], "subset": info["subset"],
-               "groups": groups, "models": results}
+               "groups": groups, "protocol": ev.protocol, "probe_train_size": int(y_train.shape[0]), "models": results}
     ctx.out.json("metrics.json", metrics)
     ctx.out.bytes("accuracy.png", accuracy_bars_png({f"{m}/{e}": {g: r[g] for g in report.GROUPS} for m, by in results.items() for e, r in by.items()}))
     ctx.out.text("report.md", report.markdown(cfg, info, results, ctx.store))

@@ -58,7 +58,7 @@ def test_cluster_outputs_are_consistent(done_run):
 def test_evaluate_writes_metrics_report_and_argo_outputs(done_run):
     store, cfg, ids, outputs = done_run
     metrics = store.read_json("evaluate/metrics.json")
-    assert set(metrics["models"]) == {"random", "base", "student", "baseline"}
+    assert set(metrics["models"]) == {"pixels", "random", "base", "student", "baseline"}  # two floors first
     for by_eval in metrics["models"].values():
         for rep in by_eval.values():
             assert 0.0 <= rep["top1"] <= 1.0 and {"many", "medium", "few"} <= set(rep)

@@ -1,0 +1,447 @@
+"""`lt-ssl experiment`: a grid of ordinary runs declared in one YAML, run, listed, reported and rendered for Argo.
+
+An experiment file (experiments/*.yaml):
+
+    name: exp2_cluster_distill          # names the report files and the Argo workflow
+    config: configs/fashion_mnist_lt.yaml   # the base run config (relative to the working directory)
+    overrides: [pretrain.epochs=20]     # applied to every cell, before the variant's and the axes'
+    variants:                           # optional; a variant = a named set of overrides and the model it reports
+      SimSiam+C+D: {overrides: [cluster.k=3], model: student}
+      SimSiam+D:   {overrides: [cluster.k=1], model: student}
+      SimSiam:     {from: SimSiam+C+D, model: baseline}   # no runs of its own: another model of those cells
+    pending: [MSN]                      # variants whose method is not registered yet: "not yet run" rows
+    axes:                               # config key -> values; the cells are their product (a list of
+      data.imbalance: [10, 100]         # such mappings is the union of several products; a mapping's
+                                        # `variants: [...]` limits it to those variants)
+      data.split: [0, 1, 2]
+
+Each cell is a plain `lt-ssl run` of the base config with its overrides, in PREFIX/<cell id>; the id is
+made of the variant and the axis values (`simsiam-c-d--imbalance-10--split-0`), so rerunning the same
+command resumes: the stage contract skips what is done, and a cell whose config changed is refused by
+write_config_once instead of overwritten. The report averages over data.split and seed; every other
+axis and the variant make a row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import _resolve_key, config_hash, load_config
+from .errors import ConfigError, LtSslError
+from .pipeline.contract import is_done
+from .store import normalize_uri, open_store
+
+_TOP_KEYS = ("name", "config", "overrides", "variants", "pending", "axes")
+_VARIANT_KEYS = ("overrides", "model", "from")
+MODELS = ("base", "baseline", "student", "random", "pixels")
+# Averaged over, not a row: the literature's mean ± std is over splits (and seeds).
+REPEAT_KEYS = ("data.split", "seed")
+EVALS = ("knn", "linear")
+GROUPS = ("top1", "many", "medium", "few")
+FLOORS = {"random": "random encoder (floor)", "pixels": "raw pixels (floor)"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[str, ...] = ()
+    model: str = "base"
+    source: str | None = None  # `from`: report this model of another variant's cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    variant: str
+    values: tuple[tuple[str, Any], ...]  # (full config key, value) per axis, in axis order
+    overrides: tuple[str, ...]  # experiment, variant, then axis overrides: later ones win
+    pending: bool
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: str
+    config: str
+    variants: dict[str, Variant]
+    axes: tuple[str, ...]  # every axis key, in order of first appearance
+    cells: tuple[Cell, ...] = field(default=())
+
+
+def _slug(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = re.sub(r"[^a-z0-9]+", "-", str(value).lower().replace(".", "p")).strip("-")
+    return text or "x"
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise ConfigError(f"{where} must be a list of key=value strings, e.g. [cluster.k=1]")
+    for item in value:
+        _resolve_key(item.split("=", 1)[0].strip())  # the config loader's own error for an unknown key
+    return tuple(value)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and check an experiment file; raises ConfigError with one line naming the problem."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"experiment file {path} does not exist; see experiments/ for examples") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"experiment file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"experiment file {path} must hold a YAML mapping with keys {', '.join(_TOP_KEYS)}")
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown experiment key {unknown[0]!r} in {path}; known keys: {', '.join(_TOP_KEYS)}")
+    name, config = raw.get("name"), raw.get("config")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+        raise ConfigError(f"experiment `name` must be lower-case letters, digits, '_' or '-', got {name!r}")
+    if not isinstance(config, str) or not config:
+        raise ConfigError(f"experiment `config` must name the base run config file, e.g. configs/quickstart.yaml")
+    common = _strings(raw.get("overrides"), "experiment `overrides`")
+
+    variants: dict[str, Variant] = {}
+    for vname, spec in (raw.get("variants") or {"default": {}}).items():
+        spec = spec or {}
+        if not isinstance(spec, dict) or set(spec) - set(_VARIANT_KEYS):
+            raise ConfigError(f"variant {vname!r} must be a mapping with keys {', '.join(_VARIANT_KEYS)}")
+        model = spec.get("model", "base")
+        if model not in MODELS:
+            raise ConfigError(f"variant {vname!r}: model must be one of {', '.join(MODELS)}, got {model!r}")
+        if "from" in spec and "overrides" in spec:
+            raise ConfigError(f"variant {vname!r}: `from` reuses another variant's cells and takes no overrides")
+        variants[str(vname)] = Variant(str(vname), _strings(spec.get("overrides"), f"variant {vname!r} overrides"),
+                                       model, spec.get("from"))
+    for v in variants.values():
+        if v.source is not None and (v.source not in variants or variants[v.source].source is not None):
+            raise ConfigError(f"variant {v.name!r}: `from: {v.source}` must name a variant with its own cells")
+    pending = raw.get("pending") or []
+    if not isinstance(pending, list) or any(p not in variants for p in pending):
+        raise ConfigError(f"experiment `pending` must list variant names among: {', '.join(variants)}")
+
+    grids = raw.get("axes") or {}
+    grids = grids if isinstance(grids, list) else [grids]
+    axis_keys: list[str] = []
+    resolved_grids = []
+    for grid in grids:
+        if not isinstance(grid, dict):
+            raise ConfigError("experiment `axes` must map config keys to lists of values (or be a list of such maps)")
+        only = grid.get("variants", list(variants))
+        if not isinstance(only, list) or any(v not in variants for v in only):
+            raise ConfigError(f"an axes grid's `variants` must list variant names among: {', '.join(variants)}")
+        resolved = {}
+        for key, values in grid.items():
+            if key == "variants":
+                continue
+            full = _resolve_key(str(key))  # "unknown config key 'x'" straight from the config loader
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"axis {key!r} must be a non-empty list of values, got {values!r}")
+            if any(isinstance(v, (dict, list)) for v in values):
+                raise ConfigError(f"axis {key!r} values must be plain scalars, got {values!r}")
+            resolved[full] = values
+            if full not in axis_keys:
+                axis_keys.append(full)
+        resolved_grids.append((resolved, only))
+
+    cells: list[Cell] = []
+    seen: dict[str, str] = {}
+    for v in variants.values():
+        if v.source is not None:
+            continue
+        for grid, only in resolved_grids or [({}, list(variants))]:
+            if v.name not in only:
+                continue
+            for combo in product(*grid.values()):
+                values = tuple(zip(grid, combo))
+                cid = "--".join([_slug(v.name)] + [f"{_slug(k.rsplit('.', 1)[-1])}-{_slug(x)}" for k, x in values])
+                where = f"variant {v.name!r} {dict(values)}"
+                if cid in seen:
+                    raise ConfigError(f"duplicate cell id {cid!r} ({seen[cid]} and {where}); make the variants' "
+                                      "names or the axis values distinct")
+                seen[cid] = where
+                axis_overrides = tuple(f"{k}={_yaml_scalar(x)}" for k, x in values)
+                cells.append(Cell(cid, v.name, values, common + v.overrides + axis_overrides, v.name in pending))
+    return Experiment(name, str(path), config, variants, tuple(axis_keys), tuple(cells))
+
+
+def _yaml_scalar(value: Any) -> str:
+    return value if isinstance(value, str) else yaml.safe_dump(value).splitlines()[0]
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def cell_uri(prefix: str, cell: Cell) -> str:
+    return f"{normalize_uri(prefix)}/{cell.id}"
+
+
+def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str | None = None,
+                   debug: bool = False) -> int:
+    """Every non-pending cell as an `lt-ssl run`, `parallel` at a time with the cores shared between them."""
+    if parallel < 1:
+        raise LtSslError(f"--parallel must be >= 1, got {parallel}")
+    todo = []
+    for cell in exp.cells:  # every config is checked before the first cell starts
+        if cell.pending:
+            print(f"[{cell.id}] pending (variant {cell.variant!r} listed under `pending`); not run", file=sys.stderr)
+            continue
+        cfg = load_config(exp.config, list(cell.overrides))
+        if is_done(open_store(cell_uri(prefix, cell)), "evaluate", config_hash(cfg)):
+            print(f"[{cell.id}] finished; skipping", file=sys.stderr)
+            continue
+        todo.append(cell)
+    pool = max(1, min(parallel, len(todo)))
+    threads = int(os.environ.get("LT_SSL_THREADS") or os.cpu_count() or 1)
+    threads = max(1, threads // pool)  # as the local runner's expert pool: share the cores, do not oversubscribe
+
+    def one(cell: Cell) -> int:
+        cmd = [sys.executable, "-m", "lt_ssl", "run", "--config", exp.config, "--run", cell_uri(prefix, cell)]
+        cmd += (["--device", device] if device else []) + (["--debug"] if debug else []) + list(cell.overrides)
+        print(f"[{cell.id}] running ({threads} threads)", file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, env=os.environ | {"LT_SSL_THREADS": str(threads)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if out.returncode != 0:
+            tail = "\n".join(out.stdout.splitlines()[-15:])
+            print(f"[{cell.id}] failed (exit {out.returncode}):\n{tail}", file=sys.stderr)
+        else:
+            print(f"[{cell.id}] done", file=sys.stderr)
+        return out.returncode
+
+    with ThreadPoolExecutor(pool) as ex:
+        codes = list(ex.map(one, todo))
+    failed = [c.id for c, code in zip(todo, codes) if code != 0]
+    if failed:
+        print(f"lt-ssl: {len(failed)} of {len(todo)} cells failed ({', '.join(failed)}); rerun the same command "
+              "to resume them", file=sys.stderr)
+        return next(code for code in codes if code != 0)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def cell_metrics(exp: Experiment, prefix: str) -> dict[str, dict | None]:
+    """Cell id -> its evaluate/metrics.json, or None while the cell has not finished."""
+    out: dict[str, dict | None] = {}
+    for cell in exp.cells:
+        store = open_store(cell_uri(prefix, cell))
+        out[cell.id] = store.read_json("evaluate/metrics.json") if store.exists("evaluate/_SUCCESS.json") else None
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); the std of a single value is NaN (unknown), not 0."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def aggregate(exp: Experiment, metrics: dict[str, dict | None]) -> list[dict]:
+    """Report rows: one per variant x non-repeat axis values, then the two floors per axis values.
+
+    Each row: {"row", "variant", "model", axis values..., "finished", "total", "status", and for each
+    eval and group "<eval>_<group>": (mean, std) in [0, 1] over the finished cells}.
+    """
+    row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in exp.cells:
+        key = tuple(dict(cell.values).get(k, "") for k in row_axes)  # "": the base config's value
+        groups.setdefault(key, []).append(cell)
+
+    def row(label: str, variant: str, model: str, key: tuple, cells: list[Cell], pending: bool) -> dict:
+        done = [metrics[c.id] for c in cells if metrics.get(c.id) is not None]
+        r: dict[str, Any] = {"row": label, "variant": variant, "model": model, **dict(zip(row_axes, key)),
+                             "finished": len(done), "total": len(cells)}
+        r["status"] = ("pending: method not registered yet" if pending else
+                       "not yet run" if not done else "partial" if len(done) < len(cells) else "done")
+        for e in EVALS:
+            for g in GROUPS:
+                r[f"{e}_{g}"] = _mean_std([m["models"][model][e][g] for m in done]) if done else None
+        return r
+
+    rows = []
+    for key, cells in groups.items():
+        for v in exp.variants.values():
+            own = [c for c in cells if c.variant == (v.source or v.name)]
+            if own:
+                pending = own[0].pending
+                rows.append(row(v.name, v.name, v.model, key, [] if pending else own, pending))
+                if pending:
+                    rows[-1]["total"] = len(own)
+        # Floors from the first variant's cells: the same architecture, seed and split as every method here.
+        first = [c for c in cells if not c.pending]
+        first = [c for c in first if c.variant == first[0].variant] if first else []
+        for model, label in FLOORS.items():
+            rows.append(row(label, "floor", model, key, first, False))
+    return rows
+
+
+def _fmt(ms: tuple[float, float] | None) -> str:
+    if ms is None:
+        return "–"
+    mean, std = ms
+    return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def report_markdown(exp: Experiment, rows: list[dict]) -> str:
+    row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
+    head = ["row", *row_axes, "cells done", *[f"{e} {g if g != 'top1' else 'all'}" for e in EVALS for g in GROUPS]]
+    lines = [f"# Experiment `{exp.name}`", "",
+             f"Top-1 accuracy (%) on the test set, mean ± sample std over {' and '.join(REPEAT_KEYS)}; "
+             "many/medium/few by the long-tailed pre-training subset's class counts. "
+             f"Base config `{exp.config}`; experiment file `{exp.path}`.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        done = f"{r['finished']}/{r['total']}" + ("" if r["status"] in ("done", "partial") else f" ({r['status']})")
+        cells = [_fmt(r[f"{e}_{g}"]) for e in EVALS for g in GROUPS]
+        lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_csv(exp: Experiment, rows: list[dict]) -> str:
+    row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
+    cols = ["row", "variant", "model", *row_axes, "finished", "total", "status"]
+    stats = [f"{e}_{g}_{s}" for e in EVALS for g in GROUPS for s in ("mean", "std")]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols + stats)
+    for r in rows:
+        vals = []
+        for e in EVALS:
+            for g in GROUPS:
+                ms = r[f"{e}_{g}"]
+                vals += ["", ""] if ms is None else [f"{ms[0]:.6f}", "" if math.isnan(ms[1]) else f"{ms[1]:.6f}"]
+        w.writerow([r[c] for c in cols] + vals)
+    return buf.getvalue()
+
+
+def report(exp: Experiment, prefix: str, out_dir: str | Path) -> list[dict]:
+    """Write <out>/<name>.md, .csv and .png from the finished cells; returns the rows."""
+    from .plots import experiment_bars_png
+
+    rows = aggregate(exp, cell_metrics(exp, prefix))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows) + f"\n![{exp.name}]({exp.name}.png)\n")
+    (out / f"{exp.name}.csv").write_text(report_csv(exp, rows))
+    row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
+    labels = [" ".join([r["row"], *[f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in row_axes]]) for r in rows]
+    (out / f"{exp.name}.png").write_bytes(experiment_bars_png(
+        {lab: {e: r[f"{e}_top1"] for e in EVALS} for lab, r in zip(labels, rows)}))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- Argo
+
+
+def workflow(exp: Experiment) -> dict:
+    """The grid as one Argo Workflow: one pipeline DAG per runnable cell, as workflows/baselines.yaml."""
+    from hera.workflows import DAG, Parameter, Task, Workflow
+
+    from .pipeline import argo
+
+    items = [{"name": c.id, "overrides": " ".join(c.overrides)} for c in exp.cells if not c.pending]
+    if not items:
+        raise ConfigError(f"experiment {exp.name} has no runnable cells (all variants pending)")
+    pipeline = DAG(
+        name="pipeline", fail_fast=False,
+        inputs=[Parameter(name=n) for n in ("run", "config", "overrides", "variant")],
+        tasks=argo.pipeline_tasks(argo.inp("run"), argo.inp("config"), argo.inp("overrides"), argo.inp("variant")),
+    )
+    grid = Task(name="grid", template="pipeline", with_items=items, arguments={
+        "run": "s3://{{workflow.parameters.bucket}}/runs/{{workflow.parameters.run-id}}/{{item.name}}",
+        "config": argo.CONFIG,
+        "overrides": "{{item.overrides}} {{workflow.parameters.overrides}}",  # the user's last, so they win
+        "variant": "{{item.name}}",
+    })
+    kind = f"experiment-{exp.name.replace('_', '-')}"
+    wf = Workflow(
+        generate_name=f"{kind}-",
+        labels=argo.LABELS | {"app.kubernetes.io/component": kind},
+        entrypoint="main",
+        arguments=argo.parameters(f"{argo.CONFIGS}/{Path(exp.config).name}"),
+        templates=[argo.main_dag([grid]), pipeline, *argo.stage_templates(), *argo.exit_handler(kind)],
+        **argo.common_spec(kind, deadline_s=7 * 86400),
+    )
+    return argo.to_dict(wf)
+
+
+def render_workflow(exp: Experiment) -> str:
+    from .pipeline import argo
+
+    text = argo.render(workflow(exp))
+    return text.replace("generated by `python -m lt_ssl.pipeline.argo` from lt_ssl/pipeline/plan.py",
+                        f"generated by `lt-ssl experiment render {exp.path}`")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `experiment run|list|report|render` on the CLI's subparsers."""
+    p = subparsers.add_parser("experiment", help="a grid of runs from one experiments/*.yaml: run, list, report")
+    sub = p.add_subparsers(dest="experiment_command", required=True)
+    r = sub.add_parser("run", help="run every cell (finished cells are skipped), --parallel at a time")
+    r.add_argument("--parallel", type=int, default=1, help="cells run at once; the cores are shared between them")
+    r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's)")
+    ls = sub.add_parser("list", help="the cells: id, variant, overrides; with --prefix, whether each has finished")
+    rep = sub.add_parser("report", help="mean ± std over splits and seeds as markdown, CSV and PNG")
+    rep.add_argument("--out", default=None, help="folder for <name>.md/.csv/.png (default results/<name>)")
+    ren = sub.add_parser("render", help="write the grid as an Argo workflow, workflows/experiment_<name>.yaml")
+    ren.add_argument("--out", default=None, help="output file (default workflows/experiment_<name>.yaml)")
+    ren.add_argument("--check", action="store_true", help="do not write: exit 1 if the file differs")
+    for q, needs_prefix in ((r, True), (ls, False), (rep, True), (ren, False)):
+        q.add_argument("file", metavar="FILE", help="experiment YAML, e.g. experiments/exp1_imbalance.yaml")
+        if needs_prefix or q is ls:
+            q.add_argument("--prefix", required=needs_prefix,
+                           help="where the cells' runs live: file:///abs/path or s3://bucket/prefix")
+        q.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    p.set_defaults(func=main, debug=False)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.file)
+    if args.experiment_command == "run":
+        return run_experiment(exp, args.prefix, args.parallel, args.device, args.debug)
+    if args.experiment_command == "list":
+        done = cell_metrics(exp, args.prefix) if args.prefix else {}
+        for c in exp.cells:
+            state = "pending" if c.pending else ("finished" if done.get(c.id) else "not finished") if args.prefix else ""
+            print(f"{c.id}\t{c.variant}\t{state}\t{' '.join(c.overrides)}".replace("\t\t", "\t"))
+        print(f"{len(exp.cells)} cells ({sum(c.pending for c in exp.cells)} pending)", file=sys.stderr)
+        return 0
+    if args.experiment_command == "report":
+        rows = report(exp, args.prefix, args.out or Path("results") / exp.name)
+        print(report_markdown(exp, rows))
+        return 0
+    out = Path(args.out or Path("workflows") / f"experiment_{exp.name}.yaml")
+    text = render_workflow(exp)
+    if args.check:
+        if not out.exists() or out.read_text() != text:
+            print(f"lt-ssl: {out} is out of date: run `lt-ssl experiment render {args.file}`", file=sys.stderr)
+            return 1
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,88 @@
+"""Experiment files: parsing, one-line errors, cell ids, and the report's aggregation over splits."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from lt_ssl.errors import ConfigError
+from lt_ssl.experiment import aggregate, load_experiment, report_csv, report_markdown
+
+BASE = "name: t\nconfig: configs/quickstart.yaml\n"
+
+
+def _exp(tmp_path, body: str):
+    path = tmp_path / "e.yaml"
+    path.write_text(BASE + body)
+    return load_experiment(path)
+
+
+def test_cells_are_the_product_with_readable_deterministic_ids(tmp_path):
+    body = ("variants:\n  SimSiam+D: {overrides: [cluster.k=1], model: student}\n  B: {}\n"
+            "axes:\n  data.imbalance: [10, 100.0]\n  split: [0, 1]\n")
+    exp = _exp(tmp_path, body)
+    ids = [c.id for c in exp.cells]
+    assert ids[:2] == ["simsiam-d--imbalance-10--split-0", "simsiam-d--imbalance-10--split-1"]
+    assert len(ids) == 8 and len(set(ids)) == 8
+    assert exp.axes == ("data.imbalance", "data.split")  # a bare leaf name resolves like an override
+    assert exp.cells[0].overrides == ("cluster.k=1", "data.imbalance=10", "data.split=0")  # axis values last: they win
+    assert [c.id for c in _exp(tmp_path, body).cells] == ids
+
+
+def test_grid_list_is_a_union_and_variants_limit_a_grid(tmp_path):
+    exp = _exp(tmp_path, "variants:\n  A: {}\n  B: {}\naxes:\n  - split: [0, 1]\n"
+                         "  - {variants: [A], cluster.k: [5]}\n")
+    assert [c.id for c in exp.cells] == ["a--split-0", "a--split-1", "a--k-5", "b--split-0", "b--split-1"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("axes:\n  data.nope: [1]\n", "unknown config key 'data.nope'"),
+    ("axes:\n  data.split: []\n", "axis 'data.split' must be a non-empty list"),
+    ("variants:\n  a b: {}\n  a-b: {}\naxes:\n  split: [0]\n", "duplicate cell id 'a-b--split-0'"),
+    ("axis:\n  split: [0]\n", "unknown experiment key 'axis'"),
+    ("variants:\n  A: {model: teacher}\n", "model must be one of"),
+    ("variants:\n  A: {from: B}\n", "`from: B` must name a variant"),
+    ("pending: [Z]\n", "`pending` must list variant names"),
+    ("overrides: [cluster.kk=1]\n", "unknown config key 'cluster.kk'"),
+])
+def test_bad_experiment_files_fail_in_one_line(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as e:
+        _exp(tmp_path, body)
+    assert "\n" not in str(e.value)
+
+
+def _metrics(values: dict[str, float]) -> dict:
+    """A metrics.json whose every model/eval/group accuracy is values[model]."""
+    rep = lambda v: {g: v for g in ("top1", "many", "medium", "few")}  # noqa: E731
+    return {"models": {m: {"knn": rep(v), "linear": rep(v / 2)} for m, v in values.items()}}
+
+
+def test_report_is_mean_and_sample_std_over_splits_with_floors_and_unfinished_rows(tmp_path):
+    exp = _exp(tmp_path, "variants:\n  CD: {model: student}\n  S: {from: CD, model: base}\n  M: {}\n"
+                         "pending: [M]\naxes:\n  imbalance: [10, 100]\n  split: [0, 1, 2]\n")
+    acc = {"cd--imbalance-10--split-0": 0.70, "cd--imbalance-10--split-1": 0.74, "cd--imbalance-10--split-2": 0.75}
+    metrics = {c.id: None for c in exp.cells}
+    for cid, a in acc.items():
+        metrics[cid] = _metrics({"student": a, "base": a - 0.1, "random": 0.3, "pixels": 0.5})
+    metrics["cd--imbalance-100--split-0"] = _metrics({"student": 0.6, "base": 0.5, "random": 0.3, "pixels": 0.4})
+    rows = aggregate(exp, metrics)
+    by = {(r["row"], r["data.imbalance"]): r for r in rows}
+    cd10 = by[("CD", 10)]
+    values = list(acc.values())
+    assert cd10["knn_top1"] == pytest.approx((statistics.mean(values), statistics.stdev(values)))
+    assert cd10["linear_few"][0] == pytest.approx(sum(v / 2 for v in values) / 3)
+    assert (cd10["finished"], cd10["total"], cd10["status"]) == (3, 3, "done")
+    assert by[("S", 10)]["knn_top1"][0] == pytest.approx(statistics.mean(v - 0.1 for v in values))
+    cd100 = by[("CD", 100)]
+    assert (cd100["finished"], cd100["total"], cd100["status"]) == (1, 3, "partial")
+    assert cd100["knn_top1"][0] == 0.6 and math.isnan(cd100["knn_top1"][1])  # one split: no std
+    assert by[("M", 10)]["status"].startswith("pending") and by[("M", 10)]["knn_top1"] is None
+    assert by[("random encoder (floor)", 10)]["knn_top1"][0] == pytest.approx(0.3)
+    assert by[("raw pixels (floor)", 100)]["linear_top1"][0] == pytest.approx(0.2)
+    md = report_markdown(exp, rows)
+    assert "| CD | 10 | 3/3 | 73.0 ± 2.6 |" in md
+    assert "| M | 100 | 0/3 (pending: method not registered yet) | – |" in md
+    assert "| CD | 100 | 1/3 | 60.0 |" in md
+    assert len(report_csv(exp, rows).splitlines()) == 1 + len(rows) == 1 + 2 * (3 + 2)
