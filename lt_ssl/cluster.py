@@ -231,8 +231,9 @@ def _dense_pass(
     """Assign every point: -> labels (N,), distance to the own centroid (N,), distances to all centroids (N, k)
     as the lower bounds (None unless keep_bounds), float64 cluster sums (k, D) and counts (k,).
 
-    Distances and sums are fused per cache-sized block of rows, so each point is read from memory once;
-    index_add_ is deterministic on CPU.
+    Distances and sums are fused per cache-sized block of rows, so each point is read from memory once.
+    index_add_ is deterministic on CPU; on CUDA its atomic float64 adds may differ in the last bits between runs
+    (torch.use_deterministic_algorithms(True) makes them deterministic, at some cost).
     """
     n, dim = x.shape
     k = centroids.shape[0]
