@@ -12,10 +12,22 @@ from torch import Tensor
 from lt_ssl.errors import ConfigError, StageError
 
 BACKENDS = ("auto", "sklearn", "torch", "torchpq")
+# cluster.backend=auto: the torch k-means, on CPU too. Measured 2026-12-04 on the 2-core dev box (shared with other
+# jobs, load 2.5-3.5), 1 thread, n_init=3, max_iter=100, tol=1e-4, inertia equal within 0.7%:
+#   python benchmarks/kmeans.py --threads 1 --repeats 3        50k x 512: K=10 1.68-1.74x sklearn, K=64 1.75-1.92x
+#   python benchmarks/kmeans.py --threads 1 --n 5000 --k 3 10 --repeats 5              K=3 1.04x, K=10 1.46x
+# (benchmarks/README.md has the tables.) On CUDA it also keeps the features off the host.
+AUTO_BACKEND = "torch"
 
-# Elements of one (rows, k) distance block: 2**24 floats = 64 MiB, so 100k x 512 features with any k
-# stay far below GPU memory while each block is still one large matmul.
-_BLOCK_ELEMENTS = 2**24
+# Rows per block of the Lloyd passes: 1024 x 512 float32 = 2 MiB stays in cache between the distance matmul
+# and the index_add_ that reads the same rows (measured on 2 cores: 1024 rows beat 8192 by 20-30%), and it
+# bounds the (rows, k) distance block whatever N is.
+_CACHE_ROWS = 1024
+# A sparse pass gathers rows (about as costly as a dense pass's distances for k <= 64), so it pays only
+# while fewer than this share of the points is in doubt.
+_DENSE_FRACTION = 0.5
+# Elkan's lower bounds take N x k floats; above 2**26 (256 MiB) every Lloyd step is a dense pass instead.
+_MAX_BOUNDS = 2**26
 
 
 @dataclass(frozen=True)
@@ -39,8 +51,8 @@ def kmeans(
 ) -> KMeansResult:
     """Cluster features: (N, D) float into k clusters; the best of n_init k-means++ starts by inertia.
 
-    backend "auto" is "torch" when the features are on CUDA and "sklearn" otherwise. tol is relative, as in
-    sklearn: a run stops once the squared centroid shift is below tol times the mean per-dimension variance.
+    backend "auto" is "torch" on every device (see AUTO_BACKEND). tol is relative, as in sklearn: a run stops once
+    the squared centroid shift is below tol times the mean per-dimension variance.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"cluster backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
@@ -57,7 +69,7 @@ def kmeans(
         raise StageError("features contain NaN or inf; the backbone diverged, re-run the base stage")
 
     if backend == "auto":
-        backend = "torch" if features.is_cuda else "sklearn"
+        backend = AUTO_BACKEND
     if backend == "sklearn":
         result = _kmeans_sklearn(features, k, seed, n_init, max_iter, tol)
     elif backend == "torch":
@@ -112,15 +124,14 @@ def _kmeans_torch(features: Tensor, k: int, seed: int, n_init: int, max_iter: in
     x = features.detach().float()
     mean = x.mean(dim=0)
     x = (x - mean).contiguous()
-    x_sq = x.pow(2).sum(dim=1)
+    x_sq = x.pow(2).sum(dim=1)  # computed once: every distance below reuses it
     shift_tol = tol * float(x.var(dim=0, unbiased=False).mean())
     # A CPU generator gives the same k-means++ draws whichever device the features are on.
     gen = torch.Generator().manual_seed(seed)
 
     best: tuple[float, Tensor, Tensor] | None = None
-    for _ in range(n_init):
-        centroids = _lloyd(x, x_sq, _kmeans_plus_plus(x, x_sq, k, gen), max_iter, shift_tol)
-        labels, _ = _assign(x, x_sq, centroids)
+    for start in _kmeans_plus_plus(x, x_sq, k, n_init, gen):
+        centroids, labels = _lloyd(x, x_sq, start, max_iter, shift_tol)
         inertia = _exact_inertia(x, centroids, labels)
         if best is None or inertia < best[0]:
             best = (inertia, centroids, labels)
@@ -134,87 +145,184 @@ def _kmeans_torch(features: Tensor, k: int, seed: int, n_init: int, max_iter: in
     )
 
 
-def _block_rows(n: int, width: int) -> int:
-    return max(1, min(n, _BLOCK_ELEMENTS // max(width, 1)))
-
-
-def _sq_dists(x: Tensor, x_sq: Tensor, c: Tensor) -> Tensor:
-    """Squared distances (B, k) from x: (B, D) to c: (k, D) as ||x||^2 - 2 x.c + ||c||^2, clamped at 0."""
-    d = torch.addmm(x_sq[:, None] + c.pow(2).sum(dim=1)[None, :], x, c.T, alpha=-2.0)
-    return d.clamp_min_(0.0)
-
-
-def _assign(x: Tensor, x_sq: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """Nearest centroid per point: labels (N,) long and their squared distances (N,)."""
-    n = x.shape[0]
-    labels = torch.empty(n, dtype=torch.long, device=x.device)
-    dists = torch.empty(n, dtype=x.dtype, device=x.device)
-    step = _block_rows(n, centroids.shape[0])
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        dists[start:stop], labels[start:stop] = _sq_dists(x[start:stop], x_sq[start:stop], centroids).min(dim=1)
-    return labels, dists
+def _sq_dists(x: Tensor, x_sq: Tensor, c: Tensor, c_sq: Tensor) -> Tensor:
+    """Squared distances (B, m) from x: (B, D) to c: (m, D) as ||x||^2 - 2 x.c + ||c||^2, clamped at 0."""
+    return torch.addmm(x_sq[:, None] + c_sq[None, :], x, c.T, alpha=-2.0).clamp_min_(0.0)
 
 
 def _exact_inertia(x: Tensor, centroids: Tensor, labels: Tensor) -> float:
     # Summed as (x - c)^2 rather than from the expanded form, and over rows in float64, so it does not cancel.
-    total = 0.0
-    step = _block_rows(x.shape[0], x.shape[1])
-    for start in range(0, x.shape[0], step):
-        diff = x[start : start + step] - centroids[labels[start : start + step]]
-        total += float(diff.mul_(diff).sum(dim=1).double().sum())
-    return total
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], _CACHE_ROWS):
+        diff = x[start : start + _CACHE_ROWS] - centroids[labels[start : start + _CACHE_ROWS]]
+        total += diff.mul_(diff).sum(dim=1).double().sum()
+    return float(total)
 
 
-def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    """Greedy k-means++ (as sklearn): each step samples 2 + log k candidates by D^2 and keeps the best one."""
+def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, n_init: int, gen: torch.Generator) -> Tensor:
+    """n_init greedy k-means++ starts (as sklearn: each step samples 2 + ln k candidates by D^2 and keeps the one
+    that lowers the potential most), drawn together: one pass over x per step serves every start.
+
+    Returns (n_init, k, D) centroids. Holds (n_init * (2 + ln k), N) candidate distances at a time.
+    """
     n = x.shape[0]
     trials = 2 + int(math.log(k))
-    first = int(torch.randint(n, (1,), generator=gen))
-    centroids = [x[first]]
-    closest = _sq_dists(x, x_sq, x[first : first + 1])[:, 0]
-    for _ in range(1, k):
-        cdf = torch.cumsum(closest.double(), dim=0)
-        if float(cdf[-1]) <= 0.0:
+    rows = torch.arange(n_init, device=x.device)
+    chosen = torch.empty(n_init, k, dtype=torch.long, device=x.device)
+    chosen[:, 0] = torch.randint(n, (n_init,), generator=gen).to(x.device)
+    closest = _sq_dists(x, x_sq, x[chosen[:, 0]], x_sq[chosen[:, 0]]).T.contiguous()  # (n_init, N)
+    for step in range(1, k):
+        cdf = torch.cumsum(closest.double(), dim=1)  # (n_init, N)
+        u = torch.rand(n_init, trials, generator=gen, dtype=torch.float64).to(x.device) * cdf[:, -1:]
+        candidates = torch.searchsorted(cdf, u).clamp_(max=n - 1)  # (n_init, trials)
+        degenerate = cdf[:, -1] <= 0.0
+        if bool(degenerate.any()):
             # Every point sits on a chosen centre (duplicates): any point is as good as another.
-            candidates = torch.randint(n, (trials,), generator=gen).to(x.device)
-        else:
-            u = torch.rand(trials, generator=gen, dtype=torch.float64).to(x.device) * cdf[-1]
-            candidates = torch.searchsorted(cdf, u).clamp_(max=n - 1)
-        cand_dists = torch.minimum(closest[:, None], _sq_dists(x, x_sq, x[candidates]))  # (N, trials)
-        best = int(torch.argmin(cand_dists.double().sum(dim=0)))
-        centroids.append(x[candidates[best]])
-        closest = cand_dists[:, best].contiguous()
-    return torch.stack(centroids)
+            draws = torch.randint(n, (n_init, trials), generator=gen).to(x.device)
+            candidates = torch.where(degenerate[:, None], draws, candidates)
+        flat = candidates.flatten()
+        d = _sq_dists(x, x_sq, x[flat], x_sq[flat]).T.reshape(n_init, trials, n)
+        d = torch.minimum(d, closest[:, None, :])
+        pick = d.double().sum(dim=2).argmin(dim=1)  # (n_init,): the candidate with the lowest potential
+        chosen[:, step] = candidates[rows, pick]
+        closest = d[rows, pick].contiguous()
+    return x[chosen]
 
 
-def _lloyd(x: Tensor, x_sq: Tensor, centroids: Tensor, max_iter: int, shift_tol: float) -> Tensor:
-    """Lloyd iterations from centroids: (k, D); returns the final centroids: (k, D)."""
-    n, dim = x.shape
+def _lloyd(x: Tensor, x_sq: Tensor, centroids: Tensor, max_iter: int, shift_tol: float) -> tuple[Tensor, Tensor]:
+    """Lloyd iterations from centroids: (k, D) -> (centroids (k, D), labels (N,) nearest to them).
+
+    The iterates are Lloyd's, with sklearn's stopping rules (labels unchanged, or squared centroid shift
+    <= shift_tol), computed with Elkan's bounds (ICML 2003): u(x) >= d(x, c_a) for the own centroid a and
+    l(x, j) <= d(x, c_j) for every j, moved by the centroid shifts each step (u += shift_a, l -= shift_j). By the
+    triangle inequality c_j cannot be nearer than c_a when u <= l(x, j) or u <= d(c_a, c_j) / 2, so only points
+    with some other j in doubt are recomputed; while most points are in doubt (the first steps) a dense pass over
+    all points is cheaper than gathering them.
+    """
     k = centroids.shape[0]
-    step = _block_rows(n, max(k, dim))
+    keep_bounds = x.shape[0] * k <= _MAX_BOUNDS
+    state = _dense_pass(x, x_sq, centroids, keep_bounds)
     for _ in range(max_iter):
-        sums = torch.zeros(k, dim, dtype=torch.float64, device=x.device)
-        counts = torch.zeros(k, dtype=torch.float64, device=x.device)
-        dists = torch.empty(n, dtype=x.dtype, device=x.device)
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            xb = x[start:stop]
-            dists[start:stop], lab = _sq_dists(xb, x_sq[start:stop], centroids).min(dim=1)
-            # A one-hot matmul instead of index_add_: deterministic on CUDA, where index_add_ uses atomics.
-            onehot = torch.nn.functional.one_hot(lab, k).to(x.dtype)
-            sums += (onehot.T @ xb).double()
-            counts += onehot.sum(dim=0).double()
+        labels, upper, lower, sums, counts = state
         new = (sums / counts.clamp_min(1.0)[:, None]).to(x.dtype)
         empty = torch.nonzero(counts == 0).flatten()
         if empty.numel():
-            # Re-seed empty clusters on the points farthest from their centroid, as sklearn does.
-            new[empty] = x[torch.topk(dists, empty.numel()).indices]
-        shift = float((new - centroids).double().pow(2).sum())
+            new = _relocate_empty(x, new, centroids, labels, sums, counts, empty)
+        shift = (new - centroids).double().pow(2).sum(dim=1)  # (k,) squared
         centroids = new
-        if shift <= shift_tol:
+        if k == 1:
+            break  # one centroid: the mean, after one step
+        doubt = None
+        if lower is not None and not empty.numel():
+            doubt = _in_doubt(centroids, labels, upper, lower, shift.sqrt().to(x.dtype))
+        if doubt is None or doubt.numel() > _DENSE_FRACTION * x.shape[0]:
+            state = _dense_pass(x, x_sq, centroids, keep_bounds)
+            moved = int((state[0] != labels).sum())
+        else:
+            moved = _sparse_pass(x, x_sq, centroids, doubt, *state)
+        if moved == 0 or float(shift.sum()) <= shift_tol:
             break
-    return centroids
+    return centroids, state[0]
+
+
+def _dense_pass(
+    x: Tensor, x_sq: Tensor, centroids: Tensor, keep_bounds: bool
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """Assign every point: -> labels (N,), distance to the own centroid (N,), distances to all centroids (N, k)
+    as the lower bounds (None unless keep_bounds), float64 cluster sums (k, D) and counts (k,).
+
+    Distances and sums are fused per cache-sized block of rows, so each point is read from memory once.
+    index_add_ is deterministic on CPU; on CUDA its atomic float64 adds may differ in the last bits between runs
+    (torch.use_deterministic_algorithms(True) makes them deterministic, at some cost).
+    """
+    n, dim = x.shape
+    k = centroids.shape[0]
+    c_sq = centroids.pow(2).sum(dim=1)
+    labels = torch.empty(n, dtype=torch.long, device=x.device)
+    upper = torch.empty(n, dtype=x.dtype, device=x.device)
+    lower = torch.empty(n, k, dtype=x.dtype, device=x.device) if keep_bounds else None
+    sums = torch.zeros(k, dim, dtype=torch.float64, device=x.device)
+    block_sums = torch.empty(k, dim, dtype=x.dtype, device=x.device)
+    for start in range(0, n, _CACHE_ROWS):
+        stop = min(start + _CACHE_ROWS, n)
+        xb = x[start:stop]
+        labels[start:stop], upper[start:stop], dists = _nearest(xb, x_sq[start:stop], centroids, c_sq, keep_bounds)
+        if lower is not None:
+            lower[start:stop] = dists
+        sums += block_sums.zero_().index_add_(0, labels[start:stop], xb)
+    counts = torch.bincount(labels, minlength=k).to(torch.float64)
+    return labels, upper, lower, sums, counts
+
+
+def _nearest(
+    xb: Tensor, xb_sq: Tensor, centroids: Tensor, c_sq: Tensor, all_dists: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Nearest centroid per row of xb: (B, D) -> labels (B,), the distance (not squared) to it, and the distances
+    to every centroid (B, k) if all_dists else None."""
+    partial = torch.addmm(c_sq[None, :], xb, centroids.T, alpha=-2.0)  # d^2 - ||x||^2: same argmin
+    if all_dists:
+        dists = partial.add_(xb_sq[:, None]).clamp_min_(0.0).sqrt_()
+        nearest, labels = dists.min(dim=1)
+        return labels, nearest, dists
+    nearest, labels = partial.min(dim=1)
+    return labels, nearest.add_(xb_sq).clamp_min_(0.0).sqrt_(), None
+
+
+def _in_doubt(centroids: Tensor, labels: Tensor, upper: Tensor, lower: Tensor, shift: Tensor) -> Tensor:
+    """Move the bounds by the centroid shifts: (k,) (not squared), in place; -> ids of the points for which
+    some other centroid may now be nearer than their own."""
+    upper += shift[labels]
+    lower -= shift[None, :]
+    c_sq = centroids.pow(2).sum(dim=1)
+    half_gaps = torch.addmm(c_sq[:, None] + c_sq[None, :], centroids, centroids.T, alpha=-2.0)
+    half_gaps = half_gaps.clamp_min_(0.0).sqrt_().mul_(0.5).fill_diagonal_(math.inf)  # (k, k); own one never
+    u = upper[:, None]
+    return torch.nonzero(((u > lower) & (u > half_gaps[labels])).any(dim=1)).flatten()
+
+
+def _sparse_pass(x: Tensor, x_sq: Tensor, centroids: Tensor, doubt: Tensor, labels: Tensor, upper: Tensor,
+                 lower: Tensor, sums: Tensor, counts: Tensor) -> int:
+    """Re-assign the points `doubt` only, updating labels, bounds, sums and counts in place; -> how many moved.
+
+    Rows are gathered into one reused buffer: fresh large allocations cost more than the arithmetic here.
+    """
+    c_sq = centroids.pow(2).sum(dim=1)
+    buf = torch.empty(min(_CACHE_ROWS, doubt.numel()), x.shape[1], dtype=x.dtype, device=x.device)
+    moved = 0
+    for start in range(0, doubt.numel(), _CACHE_ROWS):
+        idx = doubt[start : start + _CACHE_ROWS]
+        xb = torch.index_select(x, 0, idx, out=buf[: idx.numel()])
+        new_labels, upper[idx], lower[idx] = _nearest(xb, x_sq[idx], centroids, c_sq, True)
+        old = labels[idx]
+        changed = torch.nonzero(new_labels != old).flatten()
+        if changed.numel():
+            labels[idx] = new_labels
+            rows, src, dst = xb[changed].double(), old[changed], new_labels[changed]
+            sums.index_add_(0, dst, rows).index_add_(0, src, rows, alpha=-1.0)
+            ones = torch.ones_like(dst, dtype=counts.dtype)
+            counts.index_add_(0, dst, ones).index_add_(0, src, ones, alpha=-1.0)
+            moved += changed.numel()
+    return moved
+
+
+def _relocate_empty(x: Tensor, new: Tensor, old: Tensor, labels: Tensor, sums: Tensor, counts: Tensor,
+                    empty: Tensor) -> Tensor:
+    """As sklearn: each empty cluster takes one of the points farthest from their (old) centroid, and that
+    point leaves its cluster's mean. Returns the corrected centroids (k, D); sums/counts are left to the caller."""
+    dists = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], _CACHE_ROWS):
+        diff = x[start : start + _CACHE_ROWS] - old[labels[start : start + _CACHE_ROWS]]
+        dists[start : start + _CACHE_ROWS] = diff.mul_(diff).sum(dim=1)
+    far = torch.topk(dists, empty.numel()).indices
+    sums, counts = sums.clone(), counts.clone()
+    sums.index_add_(0, labels[far], x[far].double(), alpha=-1.0)
+    counts.index_add_(0, labels[far], torch.ones_like(far, dtype=counts.dtype), alpha=-1.0)
+    new = new.clone()
+    donors = torch.unique(labels[far])
+    donors = donors[counts[donors] > 0]
+    new[donors] = (sums[donors] / counts[donors, None]).to(x.dtype)
+    new[empty] = x[far]
+    return new
 
 
 def _kmeans_torchpq(features: Tensor, k: int, seed: int, n_init: int, max_iter: int, tol: float) -> KMeansResult:
@@ -242,8 +350,7 @@ def _kmeans_torchpq(features: Tensor, k: int, seed: int, n_init: int, max_iter: 
         np.random.set_state(rng_state)
     centroids = model.centroids.T.contiguous().float()  # (k, D)
     # TorchPQ returns the labels from before its last centroid update; re-assign so they match the centroids.
-    x_sq = x.pow(2).sum(dim=1)
-    labels, _ = _assign(x, x_sq, centroids)
+    labels = _dense_pass(x, x.pow(2).sum(dim=1), centroids, keep_bounds=False)[0]
     return KMeansResult(
         assignments=labels.cpu().numpy().astype(np.int64),
         centroids=(centroids + mean).cpu().numpy().astype(np.float32),

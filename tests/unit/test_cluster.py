@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
+from lt_ssl import cluster
 from lt_ssl.cluster import KMeansResult, cluster_sizes, kmeans, nonempty_clusters
 from lt_ssl.errors import ConfigError
 
@@ -79,8 +80,52 @@ def test_k_validation() -> None:
         kmeans(feats, 2, backend="faiss")
 
 
-def test_auto_picks_sklearn_on_cpu() -> None:
-    assert kmeans(torch.randn(50, 4), 3).backend == "sklearn"
+def test_auto_picks_torch_on_cpu() -> None:
+    # benchmarks/kmeans.py measured the torch backend ahead of sklearn on CPU (see AUTO_BACKEND).
+    assert kmeans(torch.randn(50, 4), 3).backend == "torch"
+
+
+def test_k_equal_one_is_the_mean() -> None:
+    feats = _blobs(500, 6, centers=3, std=2.0)
+    res = kmeans(feats, 1, backend="torch")
+    x = feats.double()
+    assert (res.assignments == 0).all()
+    np.testing.assert_allclose(res.centroids[0], x.mean(0).numpy(), atol=1e-4)
+    assert res.inertia == pytest.approx(float(((x - x.mean(0)) ** 2).sum()), rel=1e-5)
+
+
+def test_empty_cluster_is_reseeded_on_the_farthest_point() -> None:
+    # A start far from every point owns nothing after the first assignment; like sklearn, Lloyd moves it onto
+    # the point farthest from its centroid, and the run ends with every cluster in use.
+    feats = _blobs(600, 4, centers=3, std=0.5)
+    x = (feats - feats.mean(0)).contiguous()
+    x_sq = x.pow(2).sum(1)
+    start = torch.stack([x[0], x[1], torch.full((4,), 1e3)])
+    centroids, labels = cluster._lloyd(x, x_sq, start, max_iter=50, shift_tol=0.0)
+    assert min(cluster_sizes(labels, 3)) > 0
+    assert float(centroids.abs().max()) < 1e2
+
+
+def test_elkan_bounds_give_lloyds_iterates(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bounds only skip work: with them switched off (every step a dense pass) the result is the same.
+    feats = _blobs(3000, 16, centers=8, std=4.0)
+    x = (feats - feats.mean(0)).contiguous()
+    x_sq = x.pow(2).sum(1)
+    start = cluster._kmeans_plus_plus(x, x_sq, 8, 1, torch.Generator().manual_seed(0))[0]
+    c_fast, l_fast = cluster._lloyd(x, x_sq, start, max_iter=100, shift_tol=0.0)
+    monkeypatch.setattr(cluster, "_MAX_BOUNDS", 0)
+    c_dense, l_dense = cluster._lloyd(x, x_sq, start, max_iter=100, shift_tol=0.0)
+    np.testing.assert_array_equal(l_fast.numpy(), l_dense.numpy())
+    torch.testing.assert_close(c_fast, c_dense, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_kmeans_plus_plus_picks_distinct_points_per_start() -> None:
+    feats = _blobs(1000, 8, centers=10, std=1.0)
+    starts = cluster._kmeans_plus_plus(feats, feats.pow(2).sum(1), 10, 4, torch.Generator().manual_seed(0))
+    assert starts.shape == (4, 10, 8)
+    for s in starts:
+        assert torch.unique(s, dim=0).shape[0] == 10
+    assert not torch.equal(starts[0], starts[1])  # each start draws its own candidates
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")

@@ -1,0 +1,60 @@
+"""The CPU fallback of benchmarks/gpu.py runs every code path of the GPU check and writes its JSON keys."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load_gpu_module():
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs the full GPU check, minutes long")
+def test_cpu_smoke_writes_the_gpu_keys(tmp_path: Path) -> None:
+    gpu = _load_gpu_module()
+    out = tmp_path / "gpu.json"
+    report = gpu.main([str(out)])
+    assert json.loads(out.read_text()) == report
+    assert report["device"] == "cpu" and report["smoke"] is True
+    assert report["batch_size"] == gpu.SMOKE.batch
+    assert report["throughput"]["eager"]["images_per_s"] > 0
+    assert report["throughput"]["eager"]["images_per_s_with_augment"] > 0
+    assert "skipped" in report["throughput"]["compile"]
+    # The counted FLOP agree with the issue's ~6.7 GFLOP per image at 32 px, scaled by the pixel count.
+    expected = gpu.REFERENCE_FLOP_PER_IMAGE * (gpu.SMOKE.image / 32) ** 2
+    assert report["flop_per_image"] == pytest.approx(expected, rel=0.1)
+    assert report["peak_tflops"] is None and report["fraction_of_peak"] == {"eager": None}
+    assert report["peak_memory_bytes"] > 0
+    assert report["kmeans"]["k10_s"] > 0 and report["kmeans"]["k64_inertia"] < report["kmeans"]["k10_inertia"]
+    assert set(report["epochs"]) == {"pretrain", "expert", "distill"}
+    for stage in report["epochs"].values():
+        assert stage["steps"] == 1 and stage["seconds"] > 0
+
+
+def test_peak_table_matches_device_names() -> None:
+    gpu = _load_gpu_module()
+    lookup = dict(gpu.PEAK_BF16_TFLOPS)
+    name = "NVIDIA H100 PCIe"
+    assert next(p for k, p in gpu.PEAK_BF16_TFLOPS if k in name) == lookup["H100 PCIe"]
+    assert next(p for k, p in gpu.PEAK_BF16_TFLOPS if k in "NVIDIA H200") == 989.0
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_sh_is_strict_bash() -> None:
+    text = (BENCH / "gpu.sh").read_text()
+    assert "set -euo pipefail" in text
+    subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
