@@ -34,7 +34,7 @@ from kmeans import gaussian_mixture  # noqa: E402
 from lt_ssl.cluster import kmeans  # noqa: E402
 from lt_ssl.config import AugmentConfig, Config, TrainConfig  # noqa: E402
 from lt_ssl.data.augment import augment_batch  # noqa: E402
-from lt_ssl.methods import DistillStudent, build_method  # noqa: E402
+from lt_ssl.methods import METHODS, Batch, DistillStudent, build  # noqa: E402
 from lt_ssl.models import build_backbone  # noqa: E402
 from lt_ssl.pipeline.stages import _teacher_targets, ssl_step  # noqa: E402
 from lt_ssl.store.local import LocalStore  # noqa: E402
@@ -71,13 +71,14 @@ def build_simsiam(device: torch.device) -> nn.Module:
 
     The one place that knows how a method is constructed: adapt it here when the method interface changes.
     """
-    model = build_method("simsiam", build_backbone("resnet18_cifar")).to(device)
+    model = build(build_backbone("resnet18_cifar"), METHODS["simsiam"].Config()).to(device)
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
 def ssl_loss(model: nn.Module, x1: Tensor, x2: Tensor) -> Tensor:
     """The method's training loss for two views (B, 3, S, S); the other place to adapt with the interface."""
-    return model(x1, x2)["loss"]
+    idx = torch.arange(x1.shape[0], device=x1.device)
+    return model.loss(Batch([x1, x2], idx, epoch=0, step=0, total_steps=1))["loss"]
 
 
 def sync(device: torch.device) -> None:
@@ -212,7 +213,7 @@ def stage_epochs(device: torch.device, sizes: Sizes, workdir: Path) -> dict:
     student = DistillStudent(build_simsiam(device).backbone, k + 1, base.out_dim, cfg.distill.head_hidden).to(device)
     assignments = torch.randint(0, k, (images.shape[0],), generator=torch.Generator().manual_seed(3)).to(device)
 
-    def distill_step(x: Tensor, idx: Tensor, gen: torch.Generator) -> dict:
+    def distill_step(x: Tensor, idx: Tensor, gen: torch.Generator, epoch: int, global_step: int, total: int) -> dict:
         # As the distill stage's step: one view, base targets for all, each image's own expert's targets.
         view = augment_batch(x, cfg.augment, MEAN, STD, generator=gen)
         cid = assignments[idx]

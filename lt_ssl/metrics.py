@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
