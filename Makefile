@@ -28,15 +28,17 @@ test: install services
 
 bench: install
 	$(BIN)/python benchmarks/augment.py
+	$(BIN)/python benchmarks/kmeans.py --threads 1
 
 workflows: install
 	$(BIN)/python -m lt_ssl.pipeline.argo
 
-# Debian's Prometheus and Pushgateway, started by the integration tests on 127.0.0.1.
+# Debian's Prometheus and Pushgateway, started by the integration tests on 127.0.0.1, and Debian's real
+# Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist), which installs offline from the mirror.
 services:
-	@command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null || \
-	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-pushgateway >/dev/null) \
-	    || echo "prometheus/pushgateway not installed and not root: their integration tests will skip"; }
+	@command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-pushgateway dataset-fashion-mnist >/dev/null) \
+	    || echo "prometheus/pushgateway/dataset-fashion-mnist not installed and not root: the tests that need them will skip"; }
 
 clean:
 	rm -rf $(VENV) *.egg-info runs

@@ -50,23 +50,24 @@ class AugmentConfig(Section):
         return self
 
 
-# Datasets read from files under data.root; digits ships with scikit-learn, fashion_mnist has a Debian default path.
-_NEEDS_ROOT = ("cifar10", "cifar100")
+# Datasets read from files under data.root; digits ships with scikit-learn, fashion_mnist has a Debian default path
+# (lt_ssl.data.datasets.DATASETS[...].default_root; checked against this tuple in tests/unit/test_data_idx.py).
+_NEEDS_ROOT = ("cifar10", "cifar100", "mnist", "kmnist")
 
 
 class DataConfig(Section):
-    dataset: Literal["digits", "cifar10", "cifar100", "fashion_mnist"] = "digits"
+    dataset: Literal["digits", "cifar10", "cifar100", "fashion_mnist", "mnist", "kmnist"] = "digits"
     root: str = ""  # folder (or s3:// prefix) with the dataset's files; unused for digits
     download: bool = False  # fetch CIFAR through torchvision into root (needs internet)
     subset: Literal["longtail", "balanced", "full"] = "longtail"  # balanced is rescaled to the long-tail size
     imbalance: Float = Field(100.0, ge=1, description="N_max/N_min; 1 = balanced")  # of the long-tailed subset
     split: int = 0  # split seed: shuffles which classes are head and tail (literature uses 0, 1, 2)
-    image_size: int = Field(0, ge=0)  # digits only: side the 8x8 images are upsampled to; 0 = the dataset's own
+    image_size: int = Field(0, ge=0)  # digits and IDX datasets: side images are resized to at load; 0 = their own (digits: 16)
 
     @model_validator(mode="after")
     def _root(self):
         if self.dataset in _NEEDS_ROOT and not self.root:
-            raise ConfigError(f"data.root must name the folder (or s3:// prefix) holding {self.dataset}'s python batches")
+            raise ConfigError(f"data.root must name the folder (or s3:// prefix) holding {self.dataset}'s files")
         return self
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from .config import _resolve_key, config_hash, load_config
+from .pipeline.plan import PLANS
 from .errors import ConfigError, LtSslError
 from .pipeline.contract import is_done
 from .store import normalize_uri, open_store
@@ -359,27 +360,44 @@ def workflow(exp: Experiment) -> dict:
 
     from .pipeline import argo
 
-    items = [{"name": c.id, "overrides": " ".join(c.overrides)} for c in exp.cells if not c.pending]
-    if not items:
+    runnable = [c for c in exp.cells if not c.pending]
+    if not runnable:
         raise ConfigError(f"experiment {exp.name} has no runnable cells (all variants pending)")
-    pipeline = DAG(
-        name="pipeline", fail_fast=False,
-        inputs=[Parameter(name=n) for n in ("run", "config", "overrides", "variant")],
-        tasks=argo.pipeline_tasks(argo.inp("run"), argo.inp("config"), argo.inp("overrides"), argo.inp("variant")),
-    )
-    grid = Task(name="grid", template="pipeline", with_items=items, arguments={
-        "run": "s3://{{workflow.parameters.bucket}}/runs/{{workflow.parameters.run-id}}/{{item.name}}",
-        "config": argo.CONFIG,
-        "overrides": "{{item.overrides}} {{workflow.parameters.overrides}}",  # the user's last, so they win
-        "variant": "{{item.name}}",
-    })
+    # A cell runs the stage graph its config names (the recipe, or the plain method): one pipeline DAG per plan.
+    by_plan: dict[str, list[Cell]] = {}
+    for c in runnable:
+        by_plan.setdefault(load_config(exp.config, list(c.overrides)).plan, []).append(c)
+    dags, grids, templates = [], [], {}
+    for plan_name, cells in by_plan.items():
+        plan = PLANS[plan_name]
+        suffix = "" if len(by_plan) == 1 else f"-{plan_name}"
+        tasks = argo.pipeline_tasks(plan, argo.inp("run"), argo.inp("config"), argo.inp("overrides"), argo.inp("variant"))
+        stage_templates = argo.stage_templates(plan)
+        if suffix:  # plans declare the same stage differently (evaluate's outputs): each plan its own templates
+            for t in (*tasks, *stage_templates):
+                if isinstance(t, Task):
+                    t.template = f"{plan_name}-{t.template}"
+                else:
+                    t.name = f"{plan_name}-{t.name}"
+        dags.append(DAG(
+            name=f"pipeline{suffix}", fail_fast=False,
+            inputs=[Parameter(name=n) for n in ("run", "config", "overrides", "variant")], tasks=tasks,
+        ))
+        grids.append(Task(name=f"grid{suffix}", template=f"pipeline{suffix}",
+                          with_items=[{"name": c.id, "overrides": " ".join(c.overrides)} for c in cells], arguments={
+            "run": "s3://{{workflow.parameters.bucket}}/runs/{{workflow.parameters.run-id}}/{{item.name}}",
+            "config": argo.CONFIG,
+            "overrides": "{{item.overrides}} {{workflow.parameters.overrides}}",  # the user's last, so they win
+            "variant": "{{item.name}}",
+        }))
+        templates |= {t.name: t for t in stage_templates}
     kind = f"experiment-{exp.name.replace('_', '-')}"
     wf = Workflow(
         generate_name=f"{kind}-",
         labels=argo.LABELS | {"app.kubernetes.io/component": kind},
         entrypoint="main",
         arguments=argo.parameters(f"{argo.CONFIGS}/{Path(exp.config).name}"),
-        templates=[argo.main_dag([grid]), pipeline, *argo.stage_templates(), *argo.exit_handler(kind)],
+        templates=[argo.main_dag(grids), *dags, *templates.values(), *argo.exit_handler(kind)],
         **argo.common_spec(kind, deadline_s=7 * 86400),
     )
     return argo.to_dict(wf)

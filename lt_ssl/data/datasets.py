@@ -20,23 +20,48 @@ class Arrays:
     num_classes: int
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the loader needs to know of one dataset: its classes and where its files are unless data.root says."""
+
+    num_classes: int
+    default_root: str = ""  # "" = data.root is required (or the dataset ships with a Python package)
+    idx: bool = False  # MNIST-family IDX files (else CIFAR's python batches)
+
+
+# Fashion-MNIST's default is where Debian's dataset-fashion-mnist package puts the original IDX files.
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(10),
+    "cifar10": DatasetSpec(10),
+    "cifar100": DatasetSpec(100),
+    "fashion_mnist": DatasetSpec(10, "/usr/share/datasets/fashion-mnist", idx=True),
+    "mnist": DatasetSpec(10, idx=True),
+    "kmnist": DatasetSpec(10, idx=True),
+}
+
+
 def load_arrays(data: DataConfig, train: bool) -> Arrays:
     """Load the configured dataset's train or test split, checked for shape and label range."""
-    if data.dataset == "digits":
+    spec = DATASETS[data.dataset]
+    num_classes = spec.num_classes
+    if data.dataset == "digits":  # ships inside scikit-learn: no root
         from .digits import load_digits_images
 
-        size = data.image_size or 16
-        images, labels = load_digits_images(train=train, size=size)
-        num_classes = 10
+        images, labels = load_digits_images(train=train, size=data.image_size or 16)
     else:
-        from .cifar import download_cifar, load_cifar
         from .remote import resolve_data_root
 
-        root = resolve_data_root(data.root)
-        if data.download:
-            download_cifar(root, data.dataset)
-        images, labels = load_cifar(root, data.dataset, train=train)
-        num_classes = 10 if data.dataset == "cifar10" else 100
+        root = resolve_data_root(data.root or spec.default_root)
+        if spec.idx:
+            from .idx import load_idx_images
+
+            images, labels = load_idx_images(root, train=train, size=data.image_size)
+        else:
+            from .cifar import download_cifar, load_cifar
+
+            if data.download:
+                download_cifar(root, data.dataset)
+            images, labels = load_cifar(root, data.dataset, train=train)
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
         raise DataError(f"{data.dataset} images must be uint8 (N,3,H,W), got {images.dtype} {images.shape}")
     if len(labels) != len(images) or labels.min() < 0 or labels.max() >= num_classes:
