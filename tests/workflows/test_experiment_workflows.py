@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from lt_ssl.config import load_config
 
+from lt_ssl.config import load_config
 from lt_ssl.experiment import load_experiment, render_workflow
 from lt_ssl.pipeline import validate
 
