@@ -164,7 +164,7 @@ def test_plain_plan_runs_and_evaluates_only_its_models(tmp_path, tiny_overrides)
         run_stage("evaluate", store, None)
     run_stage("pretrain", store, None)
     assert run_stage("evaluate", store, None, output_path=str(tmp_path / "outputs")) == "done"
-    assert set(store.read_json("evaluate/metrics.json")["models"]) == {"random", "base"}
+    assert set(store.read_json("evaluate/metrics.json")["models"]) == {"pixels", "random", "base"}  # floors + its one model
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["knn_top1_base", "linear_top1_base"]
 
 

@@ -40,7 +40,7 @@ def test_overrides_dotted_and_unambiguous_leaf():
     (["method.name=byol"], "config key 'method.name' must be one of simsiam, simclr"),
     (["method.name=simclr", "method.temperature=0"], "method.temperature must be > 0, got 0"),
     (["method.proj_layers=4"], "config key 'method.proj_layers' must be one of 2, 3, got 4"),
-    (["data.dataset=mnist"], "must be one of digits"),
+    (["data.dataset=svhn"], "must be one of digits"),
     (["pretrain.optimizer=adam"], "'pretrain.optimizer' must be one of sgd, lars"),
     (["cluster"], "not key=value"),
     (["augment.hue=0.7"], r"augment.hue must be <= 0.5 \(as torchvision's ColorJitter\), got 0.7"),
