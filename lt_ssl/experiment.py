@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import io
 import math
 import os
@@ -198,12 +199,19 @@ def cell_uri(prefix: str, cell: Cell) -> str:
 
 
 def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str | None = None,
-                   debug: bool = False) -> int:
-    """Every non-pending cell as an `lt-ssl run`, `parallel` at a time with the cores shared between them."""
+                   debug: bool = False, cells: Sequence[str] = ()) -> int:
+    """Every non-pending cell as an `lt-ssl run`, `parallel` at a time with the cores shared between them.
+
+    `cells`: shell patterns of cell ids (`*imbalance-100--split-0`); only matching cells run, so a grid too big
+    for one machine can be filled a slice at a time and reported as it fills."""
     if parallel < 1:
         raise LtSslError(f"--parallel must be >= 1, got {parallel}")
+    chosen = [c for c in exp.cells if not cells or any(fnmatch.fnmatchcase(c.id, pat) for pat in cells)]
+    if not chosen:
+        raise LtSslError(f"--cells {' '.join(cells)} matches no cell of {exp.name}; `lt-ssl experiment list` "
+                         "shows the ids")
     todo = []
-    for cell in exp.cells:  # every config is checked before the first cell starts
+    for cell in chosen:  # every config is checked before the first cell starts
         if cell.pending:
             print(f"[{cell.id}] pending (variant {cell.variant!r} listed under `pending`); not run", file=sys.stderr)
             continue
@@ -421,6 +429,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run every cell (finished cells are skipped), --parallel at a time")
     r.add_argument("--parallel", type=int, default=1, help="cells run at once; the cores are shared between them")
     r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's)")
+    r.add_argument("--cells", nargs="+", default=(), metavar="PATTERN",
+                   help="run only the cells whose id matches one of these shell patterns (default: all)")
     ls = sub.add_parser("list", help="the cells: id, variant, overrides; with --prefix, whether each has finished")
     rep = sub.add_parser("report", help="mean ± std over splits and seeds as markdown, CSV and PNG")
     rep.add_argument("--out", default=None, help="folder for <name>.md/.csv/.png (default results/<name>)")
@@ -440,7 +450,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     exp = load_experiment(args.file)
     if args.experiment_command == "run":
-        return run_experiment(exp, args.prefix, args.parallel, args.device, args.debug)
+        return run_experiment(exp, args.prefix, args.parallel, args.device, args.debug, args.cells)
     if args.experiment_command == "list":
         done = cell_metrics(exp, args.prefix) if args.prefix else {}
         for c in exp.cells:
