@@ -363,7 +363,7 @@ def report(exp: Experiment, prefix: str, out_dir: str | Path) -> list[dict]:
 
 
 def workflow(exp: Experiment) -> dict:
-    """The grid as one Argo Workflow: one pipeline DAG per runnable cell, as workflows/baselines.yaml."""
+    """The grid as one Argo Workflow: a `grid` task per plan fans out one pipeline DAG per runnable cell."""
     from hera.workflows import DAG, Parameter, Task, Workflow
 
     from .pipeline import argo

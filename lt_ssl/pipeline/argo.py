@@ -384,65 +384,10 @@ def regression_cron() -> CronWorkflow:
     )
 
 
-# Experiment I of the seed paper (Chang & Chang, offline clustering): each method on each data regime.
-METHODS = {
-    "simsiam": "method.name=simsiam",
-    "simclr": "method.name=simclr method.proj_dim=128",  # SimCLR's usual 128-d projection
-}
-DATA = {
-    "lt10": "data.subset=longtail data.imbalance=10",
-    "lt100": "data.subset=longtail data.imbalance=100",
-    "bal10": "data.subset=balanced data.imbalance=10",  # balanced, rescaled to the p=10 subset's size
-    "bal100": "data.subset=balanced data.imbalance=100",
-    "full": "data.subset=full",
-}
-# The method alone: the plain plan (prepare -> pretrain -> evaluate); its numbers are the `base` model's.
-PLAIN = PLANS["plain"]
-
-
-def baseline_items() -> list[dict[str, str]]:
-    return [{"name": f"{method}-{data}", "overrides": f"{mo} {do} plan={PLAIN.name}"}
-            for method, mo in METHODS.items() for data, do in DATA.items()]
-
-
-def baselines() -> Workflow:
-    """Experiment I as one submission: {simclr, simsiam} x {lt p=10, lt p=100, balanced p=10, balanced
-    p=100, full}, each its own run `runs/<run-id>-<item>` through the pipeline template."""
-    kind = "baselines"
-    pipeline = DAG(
-        name="pipeline",
-        fail_fast=False,
-        inputs=[Parameter(name="run"), Parameter(name="config"), Parameter(name="overrides"),
-                Parameter(name="variant")],
-        tasks=pipeline_tasks(PLAIN, inp("run"), inp("config"), inp("overrides"), inp("variant")),
-    )
-    grid = Task(
-        name="grid",
-        template="pipeline",
-        with_items=baseline_items(),
-        arguments={
-            "run": "s3://{{workflow.parameters.bucket}}/runs/{{workflow.parameters.run-id}}-{{item.name}}",
-            "config": CONFIG,
-            # the user's overrides last, so they win over the grid's
-            "overrides": "{{item.overrides}} {{workflow.parameters.overrides}}",
-            "variant": "{{item.name}}",
-        },
-    )
-    return Workflow(
-        generate_name="baselines-",
-        labels=LABELS | {"app.kubernetes.io/component": kind},
-        entrypoint="main",
-        arguments=parameters(f"{CONFIGS}/cifar10_lt.yaml"),
-        templates=[main_dag([grid]), pipeline, *stage_templates(PLAIN), *exit_handler(kind)],
-        **common_spec(kind, deadline_s=7 * 86400),
-    )
-
-
 OBJECTS: dict[str, Callable[[], Workflow]] = {
     "cluster_distill.yaml": cluster_distill,
     "lt_ssl_stages.yaml": lt_ssl_stages,
     "regression_cron.yaml": regression_cron,
-    "baselines.yaml": baselines,
 }
 
 # --------------------------------------------------------------------------------------------- render

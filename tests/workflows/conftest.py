@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from lt_ssl.pipeline import validate
+from lt_ssl.pipeline import argo, validate
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-FILES = ("cluster_distill.yaml", "lt_ssl_stages.yaml", "regression_cron.yaml", "baselines.yaml")
+ARGO_FILES = tuple(argo.OBJECTS)  # written by `python -m lt_ssl.pipeline.argo`
+EXPERIMENT_FILES = tuple(sorted(p.name for p in WORKFLOWS.glob("experiment_*.yaml")))  # by `lt-ssl experiment render`
+FILES = ARGO_FILES + EXPERIMENT_FILES  # every committed object: schema, semantics and policy checks cover all
 
 
 def load(name: str) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
 
 from lt_ssl.compare import EXIT_REGRESSED
@@ -15,9 +13,10 @@ from lt_ssl.pipeline.plan import PLANS, Plan, Stage
 from .conftest import FILES, REPO, spec_of, templates_of
 
 RECIPE = PLANS["recipe"]
-# Which plan each committed file's pipeline DAG runs.
+# Which plan a committed file's pipeline DAG runs (the experiment files' grids: test_experiment_workflows.py).
 PLAN_OF = {"cluster_distill.yaml": ("main", "recipe"), "lt_ssl_stages.yaml": ("main", "recipe"),
-           "regression_cron.yaml": ("main", "recipe"), "baselines.yaml": ("pipeline", "plain")}
+           "regression_cron.yaml": ("main", "recipe"), "experiment_exp1_imbalance.yaml": ("pipeline", "plain"),
+           "experiment_exp2_cluster_distill.yaml": ("pipeline", "recipe")}
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -163,7 +162,7 @@ def test_backoff_has_no_max_duration(committed):
                 assert "maxDuration" not in t["retryStrategy"].get("backoff", {}), (name, t["name"])
 
 
-@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("name", PLAN_OF)
 def test_dag_is_the_plan(committed, name):
     dag_name, plan_name = PLAN_OF[name]
     plan = PLANS[plan_name]
@@ -185,8 +184,8 @@ def test_dag_is_the_plan(committed, name):
 
 def test_plain_plan_has_no_recipe_stages(committed):
     """The plain baseline is its own graph, not the recipe with its steps cut to nothing."""
-    assert set(dag(committed["baselines.yaml"], "pipeline")) == {"prepare", "pretrain", "evaluate"}
-    evaluate = templates_of(committed["baselines.yaml"])["evaluate"]
+    assert set(dag(committed["experiment_exp1_imbalance.yaml"], "pipeline")) == {"prepare", "pretrain", "evaluate"}
+    evaluate = templates_of(committed["experiment_exp1_imbalance.yaml"])["evaluate"]
     assert {p["name"] for p in evaluate["outputs"]["parameters"]} == {"knn_top1_base", "linear_top1_base"}
 
 
@@ -232,7 +231,8 @@ def test_gpu_pods(committed, name):
     for t in templates_of(committed[name]).values():
         if t.get("container", {}).get("command") != ["lt-ssl"]:
             continue
-        gpu = t["name"] in RECIPE.names and RECIPE.stage(t["name"]).accelerator
+        args = t["container"]["args"]  # `lt-ssl stage <name> ...`: the template's name may carry a plan prefix
+        gpu = args[0] == "stage" and RECIPE.stage(args[1]).accelerator
         assert ("podSpecPatch" in t) == gpu, t["name"]
         assert ("pendingTimeout" in t) != gpu, "GPU pods may queue for hours; CPU pods get a pendingTimeout"
         if gpu:
@@ -294,20 +294,6 @@ def test_config_files_named_in_workflows_exist(committed):
 def test_regression_config_loads():
     cfg = load_config(REPO / "configs" / "regression.yaml")
     assert cfg.device == "cpu" and cfg.data.dataset == "digits"
-
-
-@pytest.mark.parametrize("item", argo.baseline_items(), ids=lambda i: i["name"])
-def test_baseline_item_overrides_are_valid_config(item):
-    cfg = load_config(REPO / "configs" / "quickstart.yaml", shlex.split(item["overrides"]))
-    assert cfg.plan == "plain"
-
-
-def test_baselines_grid_is_experiment_one(committed):
-    grid = dag(committed["baselines.yaml"])["grid"]
-    names = [i["name"] for i in grid["withItems"]]
-    assert len(names) == len(set(names)) == 10
-    assert {n.split("-")[0] for n in names} == {"simsiam", "simclr"}
-    assert "-{{item.name}}" in next(p["value"] for p in grid["arguments"]["parameters"] if p["name"] == "run")
 
 
 def test_argo_name_rules(obj):

@@ -180,15 +180,15 @@ def test_regression_cron_runs_the_stages_then_compare(committed, monkeypatch, tm
     assert normalised(compare)["command"] == "compare"
 
 
-def test_baselines_run_the_plain_plan_per_item(committed, monkeypatch, tmp_path):
-    from lt_ssl.pipeline.argo import baseline_items
+def test_experiment_runs_each_cells_plan(committed, monkeypatch, tmp_path):
+    """Experiment I's workflow: per cell, the commands `lt-ssl run` executes for that cell's overrides."""
+    from lt_ssl.experiment import load_experiment
 
-    o = committed["baselines.yaml"]
-    got = lt_ssl_only(Trace(o, {"overrides": "pretrain.epochs=300"}, [0]).trace())
+    exp = load_experiment(REPO / "experiments" / "exp1_imbalance.yaml")
+    got = lt_ssl_only(Trace(committed["experiment_exp1_imbalance.yaml"], {"overrides": "pretrain.epochs=300"}, [0]).trace())
     want = []
-    for item in baseline_items():
-        run_uri = f"s3://lt-ssl/runs/{WF_NAME}-{item['name']}"
-        want += local_commands(monkeypatch, tmp_path / item["name"], run_uri, "/app/configs/cifar10_lt.yaml",
-                               f"{item['overrides']} pretrain.epochs=300", [0])
+    for cell in exp.cells:
+        want += local_commands(monkeypatch, tmp_path / cell.id, f"s3://lt-ssl/runs/{WF_NAME}/{cell.id}",
+                               f"/app/{exp.config}", " ".join([*cell.overrides, "pretrain.epochs=300"]), [0])
     assert [normalised(c) for c in got] == [normalised(c) for c in want]
     assert {c[2] for c in got} == {"prepare", "pretrain", "evaluate"}
