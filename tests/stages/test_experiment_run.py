@@ -94,3 +94,18 @@ def test_report_equals_mean_and_std_by_hand(finished, tmp_path):
         assert (tmp_path / f"tiny_digits.{ext}").stat().st_size > 0
     md = (tmp_path / "tiny_digits.md").read_text()
     assert "| MSN |" in md and "raw pixels (floor)" in md and "random encoder (floor)" in md
+
+
+def test_cells_runs_only_the_matching_cells(finished):
+    import fnmatch
+    import re
+
+    prefix, exp = finished
+    out = _cli("run", TINY, "--prefix", prefix, "--cells", "*--split-0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    touched = re.findall(r"^\[(\S+)\] (?:finished|running|pending)", out.stderr, re.M)
+    assert touched == [c.id for c in exp.cells if fnmatch.fnmatchcase(c.id, "*--split-0")]
+    assert touched and len(touched) < len(exp.cells)
+    bad = _cli("run", TINY, "--prefix", prefix, "--cells", "nope*")
+    assert bad.returncode == 2 and "--cells nope* matches no cell" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

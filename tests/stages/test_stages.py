@@ -181,7 +181,7 @@ def test_distill_needs_every_expert(tmp_path):
     for prefix in ("prepare", "pretrain", "baseline", "cluster", "expert/0"):
         store.write_json(f"{prefix}/_SUCCESS.json", run_stage_input)
     store.write_json("cluster/clusters.json", [0, 2])
-    with pytest.raises(StageError, match=r"needs every expert; experts \[2\] are not done"):
+    with pytest.raises(StageError, match=r"stage distill needs every expert; experts \[2\] are not done"):
         run_stage("distill", store, None)
 
 
