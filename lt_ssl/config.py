@@ -56,7 +56,7 @@ _NEEDS_ROOT = ("cifar10", "cifar100", "mnist", "kmnist")
 
 
 class DataConfig(Section):
-    dataset: Literal["digits", "cifar10", "cifar100", "fashion_mnist", "mnist", "kmnist"] = "digits"
+    dataset: Literal["digits", "cifar10", "cifar100", "fashion_mnist", "mnist", "kmnist", "fashion_mnist_digits"] = "digits"
     root: str = ""  # folder (or s3:// prefix) with the dataset's files; unused for digits
     download: bool = False  # fetch CIFAR through torchvision into root (needs internet)
     subset: Literal["longtail", "balanced", "full"] = "longtail"  # balanced is rescaled to the long-tail size

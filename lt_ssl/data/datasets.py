@@ -27,6 +27,7 @@ class DatasetSpec:
     num_classes: int
     default_root: str = ""  # "" = data.root is required (or the dataset ships with a Python package)
     idx: bool = False  # MNIST-family IDX files (else CIFAR's python batches)
+    digit_pasted: bool = False  # the IDX garments with a digit pasted on, labelled by the digit (data/pasted.py)
 
 
 # Fashion-MNIST's default is where Debian's dataset-fashion-mnist package puts the original IDX files.
@@ -37,6 +38,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion_mnist": DatasetSpec(10, "/usr/share/datasets/fashion-mnist", idx=True),
     "mnist": DatasetSpec(10, idx=True),
     "kmnist": DatasetSpec(10, idx=True),
+    "fashion_mnist_digits": DatasetSpec(10, "/usr/share/datasets/fashion-mnist", idx=True, digit_pasted=True),
 }
 
 
@@ -52,7 +54,11 @@ def load_arrays(data: DataConfig, train: bool) -> Arrays:
         from .remote import resolve_data_root
 
         root = resolve_data_root(data.root or spec.default_root)
-        if spec.idx:
+        if spec.digit_pasted:
+            from .pasted import load_fashion_digits
+
+            images, labels = load_fashion_digits(root, train=train, size=data.image_size)
+        elif spec.idx:
             from .idx import load_idx_images
 
             images, labels = load_idx_images(root, train=train, size=data.image_size)
