@@ -6,8 +6,11 @@ When stderr is not a terminal (pods, CI, tests) it prints nothing; callers keep 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+PROGRESS_ENV = "LT_SSL_PROGRESS"  # "0": no progress line (the local runner sets it for stages that run side by side)
 
 
 def _clock(seconds: float) -> str:
@@ -25,7 +28,7 @@ class Progress:
     def __init__(self, total: int, desc: str, unit: str = "img", start: int = 0, enabled: bool | None = None):
         self.total, self.desc, self.unit = max(total, 1), desc, unit
         self.done = self.start = start
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = sys.stderr.isatty() and os.environ.get(PROGRESS_ENV) != "0" if enabled is None else enabled
         self.t0 = self.last = time.perf_counter()
         self.note = ""
 

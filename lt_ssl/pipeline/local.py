@@ -1,4 +1,8 @@
-"""`lt-ssl run`: the stages of the run's plan in order as `lt-ssl stage` subprocesses, fan-outs in a process pool."""
+"""`lt-ssl run`: the run's plan as `lt-ssl stage` subprocesses, scheduled like Argo schedules its DAG.
+
+A stage starts once every stage it needs has finished; up to `workers` stage processes (a fan-out stage counts
+one per cluster) run at once and share the cores. With workers=1 the stages run one by one in plan order.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..config import config_hash, load_config
+from ..errors import LtSslError
+from ..progress import PROGRESS_ENV
 from ..store import normalize_uri, open_store
 from .contract import is_done, plan_of, stage_prefix, write_config_once, write_output
 from .plan import stage_argv
@@ -28,13 +34,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def _execute(argv: list[str], threads: int, device: str | None, debug: bool) -> int:
+def _execute(argv: list[str], threads: int, device: str | None, debug: bool, progress: bool = True) -> int:
     cmd = [sys.executable, "-m", "lt_ssl", *argv[1:]]  # argv[0] is "lt-ssl": same CLI, no PATH lookup
     if device:
         cmd += ["--device", device]
     if debug:
         cmd += ["--debug"]
-    env = os.environ | {"LT_SSL_THREADS": str(threads)}
+    env = os.environ | {"LT_SSL_THREADS": str(threads)} | ({} if progress else {PROGRESS_ENV: "0"})
     print("$ " + " ".join(argv), file=sys.stderr, flush=True)
     return subprocess.run(cmd, env=env, preexec_fn=_die_with_parent).returncode
 
@@ -63,29 +69,63 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int, de
     plan = plan_of(cfg)
     with tempfile.TemporaryDirectory(prefix="lt-ssl-") as tmp:
         outputs = {s.name: os.path.join(tmp, s.output.path.rsplit("/", 1)[-1]) for s in plan.stages if s.output}
-        for stage in plan.stages:
-            if not stage.fan_out:
-                argv = stage_argv(stage, run_uri, config=str(config), overrides=overrides,
-                                  output_path=outputs.get(stage.name))
-                if pending(stage.name):
-                    code = _execute(argv, cpus, device, debug)
-                else:
-                    code = 0
-                    if stage.output:  # a later fan-out reads it, as Argo's withParam does
-                        write_output(stage.output, store, outputs[stage.name])
-            else:
-                with open(outputs[stage.fan_out]) as f:
-                    ids = [k for k in json.load(f) if pending(stage.name, k)]
-                pool = max(1, min(workers, len(ids)))
-                threads = max(1, cpus // pool)  # share the cores instead of oversubscribing them
-                with ThreadPoolExecutor(pool) as ex:
-                    codes = list(ex.map(lambda k: _execute(stage_argv(stage, run_uri, cluster=k), threads, device, debug),
-                                        ids))
-                code = next((c for c in codes if c != 0), 0)
-            if code != 0:
-                print(f"lt-ssl: stage {stage.name} failed (exit {code}); fix the cause and rerun the same command "
-                      f"with --run {run_uri} to resume", file=sys.stderr)
-                return code
+        finished: set[str] = set()  # stages whose every task is done
+        waiting = list(plan.stages)  # not started, in plan order
+        ready: list[tuple[str, list[str]]] = []  # (stage, argv) whose needs are met, not yet started
+        left: dict[str, int] = {}  # started stage -> its tasks still running
+        running: dict[Future, str] = {}
+        started: set[str] = set()  # stages with a task submitted
+        code = 0
+        with ThreadPoolExecutor(workers) as ex:
+            while True:
+                unblocked = True
+                while unblocked:  # a stage with nothing left to do (resumed) may unblock the next at once
+                    unblocked = False
+                    for stage in [s for s in waiting if set(s.needs) <= finished]:
+                        waiting.remove(stage)
+                        if stage.fan_out:
+                            with open(outputs[stage.fan_out]) as f:
+                                ids = json.load(f)
+                            tasks = [stage_argv(stage, run_uri, cluster=k) for k in ids if pending(stage.name, k)]
+                        else:
+                            argv = stage_argv(stage, run_uri, config=str(config), overrides=overrides,
+                                              output_path=outputs.get(stage.name))
+                            tasks = [argv] if pending(stage.name) else []
+                            if not tasks and stage.output:  # a later fan-out reads it, as Argo's withParam does
+                                write_output(stage.output, store, outputs[stage.name])
+                        ready += [(stage.name, argv) for argv in tasks]
+                        left[stage.name] = len(tasks)
+                        if not tasks:
+                            finished.add(stage.name)
+                            unblocked = True
+                # After a failure no new stage starts, but a fan-out's remaining tasks still do (their work is
+                # independent and kept for the resume, as Argo runs every withParam item).
+                startable = [t for t in ready if code == 0 or t[0] in started]
+                start = startable[:max(0, workers - len(running))]
+                for t in start:
+                    ready.remove(t)
+                    started.add(t[0])
+                threads = max(1, cpus // max(1, len(running) + len(start)))  # share the cores, never oversubscribe
+                alone = workers == 1 or (not running and len(start) == 1 and not startable[1:])
+                for name, argv in start:  # two progress lines on one terminal overwrite each other: only a lone stage draws
+                    running[ex.submit(_execute, argv, threads, device, debug, alone)] = name
+                if not running:
+                    if code == 0 and waiting:  # only a plan whose needs name no earlier stage could get here
+                        raise LtSslError(f"stages {[s.name for s in waiting]} never became ready in plan {plan.name}")
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    rc = future.result()
+                    if rc != 0 and code == 0:
+                        code = rc
+                        print(f"lt-ssl: stage {name} failed (exit {code}); fix the cause and rerun the same command "
+                              f"with --run {run_uri} to resume", file=sys.stderr)
+                    left[name] -= 1
+                    if left[name] == 0 and rc == 0:
+                        finished.add(name)
+        if code != 0:
+            return code
     metrics = store.read_json("evaluate/metrics.json")
     print(results_table(metrics["models"]))
     print(f"\nrun folder: {run_uri}\nreport: {run_uri}/evaluate/report.md")

@@ -88,8 +88,8 @@ class Harness:
         self.started: list[str] = []
         self.success_seen: dict[str, bytes] = {}
 
-    # local._execute(argv, threads, device, debug) -> exit code
-    def execute(self, argv, threads, device, debug) -> int:
+    # local._execute(argv, threads, device, debug, progress) -> exit code
+    def execute(self, argv, threads, device, debug, progress=True) -> int:
         stage = argv[2]
         cluster = int(argv[argv.index("--cluster") + 1]) if "--cluster" in argv else None
         prefix = stage_prefix(stage, cluster)

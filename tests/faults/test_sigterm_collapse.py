@@ -112,7 +112,7 @@ def test_sigterm_writes_a_checkpoint_in_the_grace_period_exits_75_and_the_rerun_
 
 
 def _counting_executor(forked, calls: list, logs: dict):
-    def execute(argv, threads, device, debug):
+    def execute(argv, threads, device, debug, progress=True):
         calls.append(argv[2])
         rc, logs[argv[2]] = forked.run(list(argv[1:]) + ["--device", "cpu"])
         return rc

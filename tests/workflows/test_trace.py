@@ -116,7 +116,7 @@ def local_commands(monkeypatch, tmp_path, argo_run_uri: str, argo_config: str, o
     store = open_store(run_uri)
     executed: list[list[str]] = []
 
-    def record(argv: list[str], threads: int, device: str | None, debug: bool) -> int:
+    def record(argv: list[str], threads: int, device: str | None, debug: bool, progress: bool = True) -> int:
         executed.append(list(argv))
         stage = plan_of(local.load_config(config, shlex.split(overrides))).stage(argv[2])
         if stage.output:
