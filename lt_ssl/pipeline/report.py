@@ -37,8 +37,8 @@ def extra_probes_text(cfg: Config) -> str:
     ev, parts = cfg.evaluate, []
     if "head_layers" in ev.extra_probes:
         parts.append("`linear_pK` (G-SimCLR's PK): the same linear probe on the features after the projection head "
-                     "without its final K layers, so `linear_p1` is the deepest hidden layer and the last K (the head's "
-                     "depth) is the backbone itself, the `linear` row; n/a for models without a projection head.")
+                     "without its final K layers, so `linear_p1` is the deepest hidden layer and the last K (the "
+                     "head's depth) is the backbone itself, the `linear` row; n/a for models without a projection head.")
     if "finetune" in ev.extra_probes:
         parts.append(f"`finetune` (G-SimCLR's semi-supervised protocol): a copy of the encoder and a linear layer "
                      f"trained on a class-stratified {ev.finetune.fraction:.0%} of the probe training set (linear "

@@ -318,7 +318,8 @@ def evaluate(ctx: Context) -> dict:
     # G-SimCLR's P_k: the features after the projection head without its final k layers, k = 1..L (P_L: the backbone).
     p_names = [f"linear_p{k}" for k in range(1, max(map(len, heads.values()), default=0) + 1)]
     if "finetune" in ev.extra_probes:  # the same labelled images for every model
-        few_labels = torch.from_numpy(stratified_indices(y_train.cpu().numpy(), ev.finetune.fraction, cfg.seed)).to(ctx.device)
+        few_labels = stratified_indices(y_train.cpu().numpy(), ev.finetune.fraction, cfg.seed)
+        few_labels = torch.from_numpy(few_labels).to(ctx.device)
 
     results: dict[str, dict] = {}
     not_applicable: dict[str, dict[str, str]] = {}
@@ -372,7 +373,8 @@ def evaluate(ctx: Context) -> dict:
     if not_applicable:
         metrics["not_applicable"] = not_applicable  # why a model's probe is null in "models"
     ctx.out.json("metrics.json", metrics)
-    ctx.out.bytes("accuracy.png", accuracy_bars_png({f"{m}/{e}": {g: r[g] for g in report.GROUPS} for m, by in results.items() for e, r in by.items() if r is not None}))
+    ctx.out.bytes("accuracy.png", accuracy_bars_png({f"{m}/{e}": {g: r[g] for g in report.GROUPS}
+                                                     for m, by in results.items() for e, r in by.items() if r is not None}))
     ctx.out.text("report.md", report.markdown(cfg, info, results, ctx.store))
     if ctx.metrics is not None:
         for model_name, by_eval in results.items():

@@ -1,4 +1,4 @@
-"""G-SimCLR's evaluation protocol: the head_layers probes (P1, P2, ...) and the fine-tune with a fraction of the labels."""
+"""G-SimCLR's evaluation: the head_layers probes (P1, P2, ...) and the fine-tune with a fraction of the labels."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from torch import nn
 from lt_ssl.config import config_hash, load_config
 from lt_ssl.data.longtail import stratified_indices
 from lt_ssl.errors import ConfigError, DataError
-from lt_ssl.evaluate import assert_unchanged, extract_features, finetune, fit_linear, head_features, linear_probe, state_snapshot
+from lt_ssl.evaluate import (assert_unchanged, extract_features, finetune, fit_linear, head_features, linear_probe,
+                             state_snapshot)
 from lt_ssl.methods import METHODS, Method
 from lt_ssl.models.heads import mlp_layers, simclr_projector, simsiam_projector
 
