@@ -126,6 +126,16 @@ class BaselineConfig(Section):
     train: TrainConfig = TrainConfig(epochs=300)
 
 
+class FinetuneConfig(Section):
+    """G-SimCLR's fine-tune with a fraction of the labels (ariG23498/G-SimCLR Fine_Tune_10_Perc.ipynb): the encoder
+    and a linear layer, warmed up on frozen features with the evaluate.linear_* probe, then trained together."""
+
+    fraction: Float = Field(0.1, gt=0, le=1)  # labelled share of each class of the probe training set (paper: 10%)
+    epochs: int = Field(35, ge=1)  # reference: 35 (with early stopping on the test loss, which we do not do)
+    lr: Float = Field(1e-5, gt=0)  # Adam, not scaled with batch size (reference: 1e-5, "low learning rate")
+    batch_size: int = Field(64, ge=1)  # reference: 64
+
+
 class EvalConfig(Section):
     knn_k: int = Field(200, ge=1)
     knn_temperature: Float = Field(0.1, gt=0)
@@ -136,6 +146,18 @@ class EvalConfig(Section):
     # What the kNN bank and the linear probe train on: full_balanced = the whole (balanced) training set
     # (LoTaR thesis); balanced_subset = a balanced subset the size of the pre-training subset (offline-clustering paper)
     protocol: Literal["full_balanced", "balanced_subset"] = "full_balanced"
+    # Probes beyond kNN and the linear probe, which always run (Argo exports them; `lt-ssl compare` and experiment
+    # reports read them). head_layers: G-SimCLR's P1/P2/P3, a linear probe on the features after each projection-head
+    # layer; finetune: G-SimCLR's fine-tune on a class-stratified evaluate.finetune.fraction of the probe training set.
+    extra_probes: list[Literal["head_layers", "finetune"]] = []
+    finetune: FinetuneConfig = FinetuneConfig()
+
+    @field_validator("extra_probes")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ConfigError(f"evaluate.extra_probes lists a probe twice: {v}; name each once")
+        return v
 
 
 class MetricsConfig(Section):
@@ -336,14 +358,29 @@ def to_yaml(cfg: Config) -> str:
 
 
 
+# Keys that joined the config after runs were made: left out of the identity while they hold their default (the
+# behaviour those runs had), so the runs stay resumable and configs/regression_baseline.json stays matched.
+_ADDED_LATER = ("evaluate.extra_probes", "evaluate.finetune")
+
+
+def _at(d: dict, key: str) -> tuple[dict, str]:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        d = d[part]
+    return d, leaf
+
+
 def config_hash(cfg: Config) -> str:
     """Identity of a resolved config: a stage done under another hash is not reused. Covers what changes results."""
     d = to_dict(cfg)
+    defaults = to_dict(Config())
+    for key in _ADDED_LATER:
+        node, leaf = _at(d, key)
+        default, _ = _at(defaults, key)
+        if node[leaf] == default[leaf]:
+            del node[leaf]
     for key in _NOT_IDENTITY:
-        *parents, leaf = key.split(".")
-        node = d
-        for part in parents:
-            node = node[part]
+        node, leaf = _at(d, key)
         del node[leaf]
     text = json.dumps(d, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -45,6 +45,7 @@ import yaml
 
 from .config import _resolve_key, config_hash, load_config
 from .pipeline.plan import PLANS
+from .pipeline.report import eval_order
 from .errors import ConfigError, LtSslError
 from .pipeline.contract import is_done
 from .store import normalize_uri, open_store
@@ -54,7 +55,7 @@ _VARIANT_KEYS = ("overrides", "model", "from")
 MODELS = ("base", "baseline", "student", "random", "pixels")
 # Averaged over, not a row: the literature's mean ± std is over splits (and seeds).
 REPEAT_KEYS = ("data.split", "seed")
-EVALS = ("knn", "linear")
+EVALS = ("knn", "linear")  # every run has these; evaluate.extra_probes add columns where a finished cell has them
 GROUPS = ("top1", "many", "medium", "few")
 FLOORS = {"random": "random encoder (floor)", "pixels": "raw pixels (floor)"}
 
@@ -264,11 +265,21 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def aggregate(exp: Experiment, metrics: dict[str, dict | None]) -> list[dict]:
+def evals_in(metrics: dict[str, dict | None]) -> tuple[str, ...]:
+    """EVALS, then any other evaluation (evaluate.extra_probes: linear_p1, finetune, ...) a finished cell reports."""
+    found = list(EVALS)
+    for m in metrics.values():
+        for by_eval in (m or {}).get("models", {}).values():
+            found += [e for e in by_eval if e not in found]
+    return tuple(sorted(found, key=eval_order))
+
+
+def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[str] = EVALS) -> list[dict]:
     """Report rows: one per variant x non-repeat axis values, then the two floors per axis values.
 
     Each row: {"row", "variant", "model", axis values..., "finished", "total", "status", and for each
-    eval and group "<eval>_<group>": (mean, std) in [0, 1] over the finished cells}.
+    eval and group "<eval>_<group>": (mean, std) in [0, 1] over the finished cells that report it, None where
+    none does (a probe not run, or not applicable to the model: null in metrics.json)}.
     """
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     groups: dict[tuple, list[Cell]] = {}
@@ -282,9 +293,11 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None]) -> list[dict]:
                              "finished": len(done), "total": len(cells)}
         r["status"] = ("pending: method not registered yet" if pending else
                        "not yet run" if not done else "partial" if len(done) < len(cells) else "done")
-        for e in EVALS:
+        for e in evals:
+            reps = [m["models"][model].get(e) for m in done]
             for g in GROUPS:
-                r[f"{e}_{g}"] = _mean_std([m["models"][model][e][g] for m in done]) if done else None
+                values = [rep[g] for rep in reps if rep is not None]
+                r[f"{e}_{g}"] = _mean_std(values) if values else None
         return r
 
     rows = []
@@ -311,9 +324,9 @@ def _fmt(ms: tuple[float, float] | None) -> str:
     return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def report_markdown(exp: Experiment, rows: list[dict]) -> str:
+def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) -> str:
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
-    head = ["row", *row_axes, "cells done", *[f"{e} {g if g != 'top1' else 'all'}" for e in EVALS for g in GROUPS]]
+    head = ["row", *row_axes, "cells done", *[f"{e} {g if g != 'top1' else 'all'}" for e in evals for g in GROUPS]]
     lines = [f"# Experiment `{exp.name}`", "",
              f"Top-1 accuracy (%) on the test set, mean ± sample std over {' and '.join(REPEAT_KEYS)}; "
              "many/medium/few by the long-tailed pre-training subset's class counts. "
@@ -321,21 +334,21 @@ def report_markdown(exp: Experiment, rows: list[dict]) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         done = f"{r['finished']}/{r['total']}" + ("" if r["status"] in ("done", "partial") else f" ({r['status']})")
-        cells = [_fmt(r[f"{e}_{g}"]) for e in EVALS for g in GROUPS]
+        cells = [_fmt(r[f"{e}_{g}"]) for e in evals for g in GROUPS]
         lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def report_csv(exp: Experiment, rows: list[dict]) -> str:
+def report_csv(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) -> str:
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     cols = ["row", "variant", "model", *row_axes, "finished", "total", "status"]
-    stats = [f"{e}_{g}_{s}" for e in EVALS for g in GROUPS for s in ("mean", "std")]
+    stats = [f"{e}_{g}_{s}" for e in evals for g in GROUPS for s in ("mean", "std")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols + stats)
     for r in rows:
         vals = []
-        for e in EVALS:
+        for e in evals:
             for g in GROUPS:
                 ms = r[f"{e}_{g}"]
                 vals += ["", ""] if ms is None else [f"{ms[0]:.6f}", "" if math.isnan(ms[1]) else f"{ms[1]:.6f}"]
@@ -347,11 +360,13 @@ def report(exp: Experiment, prefix: str, out_dir: str | Path) -> list[dict]:
     """Write <out>/<name>.md, .csv and .png from the finished cells; returns the rows."""
     from .plots import experiment_bars_png
 
-    rows = aggregate(exp, cell_metrics(exp, prefix))
+    metrics = cell_metrics(exp, prefix)
+    evals = evals_in(metrics)
+    rows = aggregate(exp, metrics, evals)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows) + f"\n![{exp.name}]({exp.name}.png)\n")
-    (out / f"{exp.name}.csv").write_text(report_csv(exp, rows))
+    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals) + f"\n![{exp.name}]({exp.name}.png)\n")
+    (out / f"{exp.name}.csv").write_text(report_csv(exp, rows, evals))
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     labels = [" ".join([r["row"], *[f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in row_axes]]) for r in rows]
     (out / f"{exp.name}.png").write_bytes(experiment_bars_png(
@@ -459,8 +474,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"{len(exp.cells)} cells ({sum(c.pending for c in exp.cells)} pending)", file=sys.stderr)
         return 0
     if args.experiment_command == "report":
-        rows = report(exp, args.prefix, args.out or Path("results") / exp.name)
-        print(report_markdown(exp, rows))
+        out_dir = Path(args.out or Path("results") / exp.name)
+        report(exp, args.prefix, out_dir)
+        print((out_dir / f"{exp.name}.md").read_text(), end="")
         return 0
     out = Path(args.out or Path("workflows") / f"experiment_{exp.name}.yaml")
     text = render_workflow(exp)

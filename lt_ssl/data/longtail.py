@@ -73,6 +73,20 @@ def balanced_indices(labels: np.ndarray, total: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """labels: (N,) int -> sorted int64 indices of `fraction` of each class's images, drawn by a seeded generator.
+
+    Class c keeps round(fraction * N_c) images (Python's round: nearest, ties to even), at least one, so every
+    class present keeps a label: G-SimCLR's "10% of the labels", stratified so each class keeps its share.
+    """
+    if not 0 < fraction <= 1:
+        raise DataError(f"stratified fraction must be in (0, 1], got {fraction}")
+    _, per_class = _class_indices(labels)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(ix, size=max(1, round(fraction * len(ix))), replace=False) for ix in per_class]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
 def class_groups(train_counts: Sequence[int]) -> dict[str, list[int]]:
     """train_counts: (C,) images per class id -> {"many", "medium", "few"}: lists of class ids.
 

@@ -56,6 +56,15 @@ class Method(nn.Module):
         """An epoch whose mean "z_std" falls below this raises CollapseError; 0 = the method has no such rule."""
         return 0.0
 
+    def projection_layers(self) -> list[nn.Module]:
+        """The projection head as its successive layers, backbone side first; [] for a method without one.
+
+        Layer i maps the output of layer i - 1 (layer 0: the backbone's features) on; the evaluation's
+        head_layers probes (G-SimCLR's P1, P2, ...) read the features after each. Each layer is a Linear with
+        the normalisation/activation that follows it (models.heads.mlp_layers cuts an MLP head that way).
+        """
+        return []
+
     def after_step(self) -> None:
         """Called after each optimizer step (momentum/EMA targets)."""
 

@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from lt_ssl.losses import embedding_std_tensor, nt_xent_loss
 from lt_ssl.methods.base import Batch, Method, Paper
-from lt_ssl.models.heads import simclr_projector
+from lt_ssl.models.heads import mlp_layers, simclr_projector
 from lt_ssl.schema import Float, Section
 
 
@@ -77,6 +77,10 @@ class SDCLR(Method):
                                                track_running_stats=m.track_running_stats) for m in bns.values())
         self._bn_names = list(bns)
         self.prune()
+
+    def projection_layers(self) -> list:
+        """The shared (unpruned) projection head's layers, as SimCLR's."""
+        return mlp_layers(self.projector)
 
     def _masked_weights(self) -> list[Tensor]:
         params = dict(self.backbone.named_parameters())

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from lt_ssl.losses import embedding_std_tensor, nt_xent_loss
 from lt_ssl.methods.base import Batch, Method, Paper
-from lt_ssl.models.heads import simclr_projector
+from lt_ssl.models.heads import mlp_layers, simclr_projector
 from lt_ssl.schema import Float, Section
 
 
@@ -32,6 +32,10 @@ class SimCLR(Method):
     def __init__(self, backbone, cfg: SimCLRConfig):
         super().__init__(backbone, cfg)
         self.projector = simclr_projector(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
+
+    def projection_layers(self) -> list:
+        """The projection head's two layers, Linear-BN-ReLU and Linear."""
+        return mlp_layers(self.projector)
 
     def project(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Both views' projections (B, proj_dim) each, from one pass: BN statistics span all 2B views, as in SimCLR's code."""

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from lt_ssl.losses import embedding_std_tensor, simsiam_loss
 from lt_ssl.methods.base import Batch, Method, Paper
-from lt_ssl.models.heads import simsiam_predictor, simsiam_projector
+from lt_ssl.models.heads import mlp_layers, simsiam_predictor, simsiam_projector
 from lt_ssl.schema import Section
 
 
@@ -42,6 +42,10 @@ class SimSiam(Method):
         z2 = self.projector(self.backbone(x2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
         return {"loss": simsiam_loss(p1, p2, z1, z2), "z_std": embedding_std_tensor(z1)}
+
+    def projection_layers(self) -> list:
+        """The projector's layers (the predictor is not part of the projection head)."""
+        return mlp_layers(self.projector)
 
     def param_groups(self, base_lr: float) -> list[dict]:
         """The encoder group follows the schedule; the predictor keeps base_lr (the paper's fix_pred_lr option)."""

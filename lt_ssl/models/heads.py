@@ -45,6 +45,20 @@ def simclr_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequentia
     return _two_layer_mlp(in_dim, hidden_dim, out_dim)
 
 
+def mlp_layers(mlp: nn.Sequential) -> list[nn.Sequential]:
+    """An MLP head cut into its layers: each Linear with the modules after it up to the next Linear.
+
+    simsiam_projector(..., num_layers=2) -> [Linear-BN-ReLU, Linear-BN]; simclr_projector -> [Linear-BN-ReLU, Linear].
+    The pieces share the head's modules (views, not copies), so they carry its trained weights.
+    """
+    layers: list[list[nn.Module]] = []
+    for module in mlp:
+        if isinstance(module, nn.Linear) or not layers:
+            layers.append([])
+        layers[-1].append(module)
+    return [nn.Sequential(*group) for group in layers]
+
+
 def regression_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Distillation head Linear-BN-ReLU-Linear regressing a teacher's features. (B, in_dim) -> (B, out_dim)."""
     return _two_layer_mlp(in_dim, hidden_dim, out_dim)

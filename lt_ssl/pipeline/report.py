@@ -9,19 +9,48 @@ GROUPS = ("top1", "many", "medium", "few")
 MODEL_ORDER = ("pixels", "random", "base", "baseline", "student")  # the floors first, the recipe's output last
 
 
+def eval_order(evaluation: str) -> tuple:
+    """Sort key for evaluations (metrics.json stores them by name): knn, linear, linear_p1, linear_p2, ..., the rest."""
+    if evaluation in ("knn", "linear"):
+        return (0, evaluation)
+    if evaluation.startswith("linear_p") and evaluation[8:].isdigit():
+        return (1, int(evaluation[8:]))
+    return (2, evaluation)
+
+
 def results_table(results: dict[str, dict]) -> str:
-    """Markdown table: one row per model and evaluation, accuracy in % for all/many/medium/few."""
+    """Markdown table: one row per model and evaluation, accuracy in % for all/many/medium/few.
+
+    A probe that does not apply to a model (null in metrics.json, e.g. head_layers for a model without a
+    projection head) shows n/a."""
     lines = ["| model | eval | all | many | medium | few |", "|---|---|---|---|---|---|"]
     for model in sorted(results, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m)):
-        for evaluation, rep in results[model].items():
-            cells = " | ".join(f"{100 * rep[g]:.2f}" for g in GROUPS)
+        for evaluation in sorted(results[model], key=eval_order):
+            rep = results[model][evaluation]
+            cells = " | ".join("n/a" if rep is None else f"{100 * rep[g]:.2f}" for g in GROUPS)
             lines.append(f"| {model} | {evaluation} | {cells} |")
     return "\n".join(lines)
+
+
+def extra_probes_text(cfg: Config) -> str:
+    """What the evaluate.extra_probes rows mean, for report.md; empty when none ran."""
+    ev, parts = cfg.evaluate, []
+    if "head_layers" in ev.extra_probes:
+        parts.append("`linear_pK` (G-SimCLR's PK): the same linear probe on the features after the projection head "
+                     "without its final K layers, so `linear_p1` is the deepest hidden layer and the last K (the "
+                     "head's depth) is the backbone itself, the `linear` row; n/a for models without a projection head.")
+    if "finetune" in ev.extra_probes:
+        parts.append(f"`finetune` (G-SimCLR's semi-supervised protocol): a copy of the encoder and a linear layer "
+                     f"trained on a class-stratified {ev.finetune.fraction:.0%} of the probe training set (linear "
+                     f"layer warmed up on frozen features, then {ev.finetune.epochs} epochs of Adam at lr "
+                     f"{ev.finetune.lr:g}, batch {ev.finetune.batch_size}, BatchNorm statistics frozen).")
+    return "\n".join(parts)
 
 
 def markdown(cfg: Config, info: dict, results: dict[str, dict], store: Store) -> str:
     sizes = store.read_json("cluster/sizes.json")["sizes"] if store.exists("cluster/sizes.json") else []
     counts = info["class_counts"]
+    extra = "\n" + extra_probes_text(cfg) if cfg.evaluate.extra_probes else ""
     return f"""# lt-ssl run `{cfg.name}`
 
 Dataset **{info['dataset']}** ({info['subset']} subset, imbalance {cfg.data.imbalance:g}, split {cfg.data.split}):
@@ -36,7 +65,7 @@ Recipe: base {cfg.method.name} ({cfg.backbone}) {cfg.pretrain.epochs} epochs →
 kNN: cosine, k={cfg.evaluate.knn_k}, T={cfg.evaluate.knn_temperature}; linear: logistic regression on frozen
 features; both trained per protocol `{cfg.evaluate.protocol}` (full_balanced: the full training set; balanced_subset:
 a balanced subset as large as the pre-training subset). Floors: `random` is an untrained encoder of the same
-architecture, `pixels` the flattened normalised images.
+architecture, `pixels` the flattened normalised images.{extra}
 
 {results_table(results)}
 

@@ -18,10 +18,10 @@ from ..cluster import cluster_sizes, kmeans, nonempty_clusters
 from ..config import Config, MethodConfig, TrainConfig, config_hash
 from ..data.augment import augment_batch
 from ..data.datasets import Arrays, group_counts, load_arrays, select_subset
-from ..data.longtail import balanced_indices, class_groups
+from ..data.longtail import balanced_indices, class_groups, stratified_indices
 from ..errors import DataError, StageError
-from ..evaluate import (accuracy_report, assert_unchanged, extract_features, knn_predict, linear_probe, pixel_encoder,
-                        state_snapshot)
+from ..evaluate import (accuracy_report, assert_unchanged, extract_features, finetune, head_features, knn_predict,
+                        linear_probe, pixel_encoder, state_snapshot)
 from .. import methods
 from ..methods import Batch, DistillStudent, Method
 from ..models import build_backbone
@@ -287,7 +287,8 @@ def distill(ctx: Context) -> dict:
 
 def evaluate(ctx: Context) -> dict:
     """kNN and linear probe on frozen features, trained per evaluate.protocol: on the full balanced training set
-    (full_balanced) or on a balanced subset of it as large as the pre-training subset (balanced_subset)."""
+    (full_balanced) or on a balanced subset of it as large as the pre-training subset (balanced_subset); and the
+    evaluate.extra_probes on the same probe training set: G-SimCLR's head_layers probes (P1, P2, ...) and finetune."""
     cfg, ev = ctx.cfg, ctx.cfg.evaluate
     info = ctx.store.read_json("prepare/info.json")
     train_set, test_set = load_arrays(cfg.data, train=True), load_arrays(cfg.data, train=False)
@@ -298,46 +299,90 @@ def evaluate(ctx: Context) -> dict:
 
     torch.manual_seed(cfg.seed + 7)
     models: dict[str, nn.Module] = {"random": new_backbone(cfg, ctx.device)}  # the floor every method must clear
-    models["base"] = base_model(ctx).backbone
+    heads: dict[str, list[nn.Module]] = {}  # each SSL model's projection-head layers, for the head_layers probes
+    base = base_model(ctx)
+    models["base"], heads["base"] = base.backbone, base.projection_layers()
     produced = plan_of(cfg).names  # evaluate what the run's plan trained
     if "distill" in produced:
         student = DistillStudent(new_backbone(cfg, ctx.device), cfg.cluster.k + 1, models["base"].out_dim, cfg.distill.head_hidden)
         models["student"] = load_model(ctx.store, "distill/model.pt", student.to(ctx.device),
                                        f"distill/{cfg.backbone}/{cfg.cluster.k}").backbone
     if "baseline" in produced and cfg.baseline.enabled:
-        b = new_method(cfg, cfg.baseline.method, ctx.device)
-        models["baseline"] = load_model(ctx.store, "baseline/model.pt", b,
-                                        ssl_arch(cfg, cfg.baseline.method)).backbone
+        b = load_model(ctx.store, "baseline/model.pt", new_method(cfg, cfg.baseline.method, ctx.device),
+                       ssl_arch(cfg, cfg.baseline.method))
+        models["baseline"], heads["baseline"] = b.backbone, b.projection_layers()
     models["pixels"] = pixel_encoder()  # the second floor: kNN and logistic regression on the normalised pixels
     if ev.protocol == "balanced_subset":  # the offline-clustering paper: the probe sees as many images as pre-training
         keep = torch.from_numpy(balanced_indices(train_set.labels, info["subset_size"], cfg.data.split)).to(ctx.device)
         x_train, y_train = x_train[keep], y_train[keep]
+    # G-SimCLR's P_k: the features after the projection head without its final k layers, k = 1..L (P_L: the backbone).
+    p_names = [f"linear_p{k}" for k in range(1, max(map(len, heads.values()), default=0) + 1)]
+    if "finetune" in ev.extra_probes:  # the same labelled images for every model
+        few_labels = stratified_indices(y_train.cpu().numpy(), ev.finetune.fraction, cfg.seed)
+        few_labels = torch.from_numpy(few_labels).to(ctx.device)
 
     results: dict[str, dict] = {}
+    not_applicable: dict[str, dict[str, str]] = {}
     for name, backbone in models.items():
         t0 = time.perf_counter()
-        before = state_snapshot(backbone)
+        layers = heads.get(name, [])
+        frozen = nn.ModuleList([backbone, *layers])
+        before = state_snapshot(frozen)
         f_train = extract_features(backbone, x_train, info["mean"], info["std"], cfg.augment.size, ev.batch_size)
         f_test = extract_features(backbone, x_test, info["mean"], info["std"], cfg.augment.size, ev.batch_size)
+
+        def linear(train_feats: Tensor, test_feats: Tensor) -> dict:
+            preds = linear_probe(train_feats, y_train, test_feats, C, epochs=ev.linear_epochs, lr=ev.linear_lr,
+                                 weight_decay=ev.linear_weight_decay, seed=cfg.seed)
+            return accuracy_report(preds, y_test, C, groups)
+
         knn = knn_predict(f_train, y_train, f_test, C, k=ev.knn_k, temperature=ev.knn_temperature)
-        lin = linear_probe(f_train, y_train, f_test, C, epochs=ev.linear_epochs, lr=ev.linear_lr,
-                           weight_decay=ev.linear_weight_decay, seed=cfg.seed)
-        assert_unchanged(backbone, before)  # evaluation must never train the encoder it scores
-        results[name] = {"knn": accuracy_report(knn, y_test, C, groups), "linear": accuracy_report(lin, y_test, C, groups)}
-        print(f"[evaluate] {name}: knn {results[name]['knn']['top1']:.4f} linear {results[name]['linear']['top1']:.4f} "
-              f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+        results[name] = by = {"knn": accuracy_report(knn, y_test, C, groups), "linear": linear(f_train, f_test)}
+        skipped = not_applicable.setdefault(name, {})
+        if "head_layers" in ev.extra_probes:
+            p_train = [f_train, *head_features(layers, f_train, ev.batch_size)]  # depth 0 (backbone) .. L
+            p_test = [f_test, *head_features(layers, f_test, ev.batch_size)]
+            for k, p in enumerate(p_names, start=1):
+                depth = len(layers) - k
+                if depth < 0:
+                    by[p] = None
+                    skipped[p] = f"its projection head has {len(layers)} layers" if layers else "no projection head"
+                else:  # P_L is the backbone's own features: the linear row again, not fitted twice
+                    by[p] = by["linear"] if depth == 0 else linear(p_train[depth], p_test[depth])
+        if "finetune" in ev.extra_probes:
+            if any(True for _ in backbone.parameters()):
+                tuned = finetune(backbone, x_train[few_labels], y_train[few_labels], C, info["mean"], info["std"],
+                                 cfg.augment.size, epochs=ev.finetune.epochs, lr=ev.finetune.lr,
+                                 batch_size=ev.finetune.batch_size, linear_epochs=ev.linear_epochs,
+                                 linear_lr=ev.linear_lr, linear_weight_decay=ev.linear_weight_decay,
+                                 feature_batch_size=ev.batch_size, seed=cfg.seed)
+                logits = extract_features(tuned, x_test, info["mean"], info["std"], cfg.augment.size, ev.batch_size)
+                by["finetune"] = accuracy_report(logits.argmax(dim=1), y_test, C, groups)
+            else:
+                by["finetune"], skipped["finetune"] = None, "no encoder weights to fine-tune"
+        assert_unchanged(frozen, before)  # evaluation must never train the encoder it scores (fine-tune trains a copy)
+        if not skipped:
+            del not_applicable[name]
+        scores = " ".join(f"{e} {r['top1']:.4f}" for e, r in by.items() if r is not None)
+        print(f"[evaluate] {name}: {scores} ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
 
     metrics = {"config_hash": config_hash(cfg), "dataset": info["dataset"], "subset": info["subset"],
                "groups": groups, "protocol": ev.protocol, "probe_train_size": int(y_train.shape[0]), "models": results}
+    if "finetune" in ev.extra_probes:
+        metrics["finetune_train_size"] = int(few_labels.shape[0])
+    if not_applicable:
+        metrics["not_applicable"] = not_applicable  # why a model's probe is null in "models"
     ctx.out.json("metrics.json", metrics)
-    ctx.out.bytes("accuracy.png", accuracy_bars_png({f"{m}/{e}": {g: r[g] for g in report.GROUPS} for m, by in results.items() for e, r in by.items()}))
+    ctx.out.bytes("accuracy.png", accuracy_bars_png({f"{m}/{e}": {g: r[g] for g in report.GROUPS}
+                                                     for m, by in results.items() for e, r in by.items() if r is not None}))
     ctx.out.text("report.md", report.markdown(cfg, info, results, ctx.store))
     if ctx.metrics is not None:
         for model_name, by_eval in results.items():
             for evaluation, rep in by_eval.items():
                 for group in ("top1", "many", "medium", "few"):
-                    ctx.metrics.accuracy(model_name, "all" if group == "top1" else group, evaluation, rep[group])
-    return {name: {e: r["top1"] for e, r in by.items()} for name, by in results.items()}
+                    if rep is not None:
+                        ctx.metrics.accuracy(model_name, "all" if group == "top1" else group, evaluation, rep[group])
+    return {name: {e: r["top1"] if r is not None else None for e, r in by.items()} for name, by in results.items()}
 
 
 # The stage functions by name; their graph (needs, fan-out, outputs) is declared in plan.py.

@@ -198,3 +198,45 @@ def test_prepare_that_failed_on_bad_data_reruns_with_fixed_config_under_the_same
     from lt_ssl.pipeline.contract import read_config
 
     assert read_config(store) == fixed
+
+
+def test_evaluate_with_gsimclr_probes_writes_them(tmp_path, tiny_overrides):
+    """evaluate.extra_probes: linear probes along each model's projection head (P1, P2, ...) and the fine-tune,
+    n/a (null with a reason) where a model has no projection head or no encoder weights."""
+    store = open_store((tmp_path / "run").as_uri())
+    probes = ["evaluate.extra_probes=[head_layers,finetune]", "evaluate.finetune.epochs=2",
+              "baseline.method.proj_layers=3"]  # base: a 2-layer projector (quickstart), baseline: 3 layers
+    cfg = load_config(QUICKSTART, tiny_overrides + probes)
+    clusters_out = tmp_path / "clusters.json"
+    for name in ("prepare", "pretrain", "baseline"):
+        run_stage(name, store, cfg if name == "prepare" else None)
+    run_stage("cluster", store, None, output_path=str(clusters_out))
+    for k in json.loads(clusters_out.read_text()):
+        run_stage("expert", store, None, cluster=k)
+    run_stage("distill", store, None)
+    assert run_stage("evaluate", store, None, output_path=str(tmp_path / "outputs")) == "done"
+
+    metrics = store.read_json("evaluate/metrics.json")
+    models = metrics["models"]
+    evals = {"knn", "linear", "linear_p1", "linear_p2", "linear_p3", "finetune"}
+    for name in ("pixels", "random", "base", "student", "baseline"):
+        assert set(models[name]) == evals, name
+    assert models["baseline"]["linear_p3"] == models["baseline"]["linear"]  # P3 of a 3-layer head: the backbone
+    assert models["base"]["linear_p2"] == models["base"]["linear"] and models["base"]["linear_p3"] is None
+    for name in ("base", "baseline"):
+        for e in ("linear_p1", "finetune"):
+            assert 0.0 <= models[name][e]["top1"] <= 1.0 and {"many", "medium", "few"} <= set(models[name][e])
+    na = metrics["not_applicable"]
+    assert na["base"] == {"linear_p3": "its projection head has 2 layers"}
+    for name in ("pixels", "random", "student"):
+        assert all(models[name][p] is None for p in ("linear_p1", "linear_p2", "linear_p3"))
+        assert na[name]["linear_p1"] == "no projection head"
+    assert models["pixels"]["finetune"] is None and na["pixels"]["finetune"] == "no encoder weights to fine-tune"
+    assert models["random"]["finetune"] is not None and models["student"]["finetune"] is not None
+    from lt_ssl.data.datasets import load_arrays
+
+    per_class = np.bincount(load_arrays(cfg.data, train=True).labels)  # the probe set: the full training set
+    assert metrics["finetune_train_size"] == sum(round(0.1 * n) for n in per_class)
+    report = store.read_text("evaluate/report.md")
+    assert "| baseline | linear_p1 |" in report and "| pixels | linear_p1 | n/a | n/a | n/a | n/a |" in report
+    assert "| student | finetune |" in report and "G-SimCLR" in report

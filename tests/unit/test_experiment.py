@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from lt_ssl.errors import ConfigError
-from lt_ssl.experiment import aggregate, load_experiment, report_csv, report_markdown
+from lt_ssl.experiment import aggregate, evals_in, load_experiment, report_csv, report_markdown
 
 BASE = "name: t\nconfig: configs/quickstart.yaml\n"
 
@@ -86,3 +86,27 @@ def test_report_is_mean_and_sample_std_over_splits_with_floors_and_unfinished_ro
     assert "| M | 100 | 0/3 (pending: method not registered yet) | – |" in md
     assert "| CD | 100 | 1/3 | 60.0 |" in md
     assert len(report_csv(exp, rows).splitlines()) == 1 + len(rows) == 1 + 2 * (3 + 2)
+
+
+def test_report_carries_the_extra_probes_and_their_not_applicable_rows(tmp_path):
+    """evaluate.extra_probes' columns appear when a finished cell has them; a null (n/a) probe averages nothing."""
+    exp = _exp(tmp_path, "variants:\n  S: {}\naxes:\n  split: [0, 1]\n")
+    rep = lambda v: {g: v for g in ("top1", "many", "medium", "few")}  # noqa: E731
+    metrics = {c.id: _metrics({"base": 0.8, "random": 0.3, "pixels": 0.5}) for c in exp.cells}
+    for m, p1 in zip(metrics.values(), (0.6, 0.7)):
+        m["models"]["base"] |= {"linear_p1": rep(p1), "finetune": rep(0.9)}
+        m["models"]["pixels"] |= {"linear_p1": None, "finetune": None}
+    evals = evals_in(metrics)
+    assert evals == ("knn", "linear", "linear_p1", "finetune")
+    assert evals_in({c.id: _metrics({"base": 0.8}) for c in exp.cells}) == ("knn", "linear")
+    rows = aggregate(exp, metrics, evals)
+    by = {r["row"]: r for r in rows}
+    assert by["S"]["linear_p1_top1"][0] == pytest.approx(0.65) and by["S"]["finetune_few"][0] == pytest.approx(0.9)
+    assert by["raw pixels (floor)"]["linear_p1_top1"] is None and by["random encoder (floor)"]["finetune_top1"] is None
+    md = report_markdown(exp, rows, evals)
+    assert "linear_p1 all" in md and "finetune few" in md
+    assert md.splitlines()[4].count("|") - 1 == 2 + 4 * 4  # columns: row, cells done (split is averaged), 4 evals x 4 groups
+    assert "| raw pixels (floor) | 2/2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 25.0 ± 0.0 |" in md
+    pixels = next(line for line in md.splitlines() if line.startswith("| raw pixels"))
+    assert pixels.endswith(" – |" * 8)  # its linear_p1 and finetune: not applicable
+    assert "finetune_top1_mean" in report_csv(exp, rows, evals).splitlines()[0]
