@@ -71,7 +71,7 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int, de
                     code = _execute(argv, cpus, device, debug)
                 else:
                     code = 0
-                    if stage.output:  # a later fan-out reads it, as Argo's withParam does
+                    if any(s.fan_out == stage.name for s in plan.stages):  # a later fan-out reads it, as withParam
                         write_output(stage.output, store, outputs[stage.name])
             else:
                 with open(outputs[stage.fan_out]) as f:
