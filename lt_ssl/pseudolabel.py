@@ -118,7 +118,10 @@ def dae_loss(model: DenoisingAutoencoder, x: Tensor, std: float, generator: torc
 
 def train_dae(images: Tensor, cfg: PseudoLabelConfig, seed: int, name: str = "pseudolabel") -> tuple[DenoisingAutoencoder, list[float]]:
     """Train a DAE on images: uint8 (N, C, H, W) on the training device. Returns the model (eval mode) and the
-    mean loss of each epoch. Deterministic for a seed: init, shuffles and noise are keyed by it."""
+    mean loss of each epoch. Deterministic for a seed: init, shuffles and noise are keyed by it.
+
+    No mid-stage checkpoints: a small conv net for a few epochs (seconds on the digits, minutes on CIFAR on a
+    GPU), so a killed pseudolabel stage reruns from the start; the stage as a whole resumes as done."""
     device = images.device
     n = images.shape[0]
     batch = min(cfg.dae_batch_size, n)
