@@ -1,4 +1,4 @@
-"""Report figures (cluster scatter, class distribution, accuracy bars) rendered off-screen to PNG bytes."""
+"""Report figures (cluster scatter, t-SNE, class distribution, accuracy bars) rendered off-screen to PNG bytes."""
 
 from __future__ import annotations
 
@@ -43,6 +43,22 @@ def cluster_scatter_png(
         ax.set_title(f"features (PCA), coloured by {name}")
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
+    return _png(fig)
+
+
+def tsne_png(xy: np.ndarray, labels: Tensor | np.ndarray, title: str) -> bytes:
+    """PNG of 2-D points xy: (N, 2) (a t-SNE embedding) coloured by labels: (N,) (the true classes)."""
+    cls = _np(labels).astype(np.int64)
+    if xy.ndim != 2 or xy.shape[1] != 2 or cls.shape != (xy.shape[0],):
+        raise DataError(f"t-SNE plot needs points (N, 2) and labels (N,), got {xy.shape} and {cls.shape}")
+    n_colours = int(cls.max()) + 1 if cls.size else 1
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=cls, cmap=_cmap(n_colours), vmin=-0.5, vmax=n_colours - 0.5, s=4, lw=0)
+    fig.colorbar(points, ax=ax, ticks=range(n_colours), label="class")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
     return _png(fig)
 
 

@@ -81,9 +81,16 @@ def _iso(ts: float) -> str:
 
 
 def _plan(raw: Any) -> Plan:
-    """The run's plan from its raw config (the default plan when the key is absent or unknown)."""
-    name = raw.get("plan") if isinstance(raw, dict) else None
-    return PLANS.get(name, PLANS["recipe"])
+    """The stages the run executes, derived from its config (contract.plan_of); from the plan name alone, without
+    the optional stages, when the config no longer parses (the default plan when the key is absent or unknown)."""
+    from .config import from_dict
+    from .pipeline.contract import plan_of
+
+    try:
+        return plan_of(from_dict(raw))
+    except Exception:  # noqa: BLE001 - an old or hand-edited config: still show the stages
+        name = raw.get("plan") if isinstance(raw, dict) else None
+        return PLANS.get(name, PLANS["recipe"]).for_run(set())
 
 
 def _config_summary(store: Store) -> dict[str, Any]:
@@ -152,7 +159,10 @@ def show_run(store: Store) -> dict[str, Any]:
         raise StageError(f"{store.uri} has no {CONFIG}: not a run folder (or its prepare stage never started)")
     config = _config_summary(store)
     chash = config["hash"]
-    plan = PLANS[config["plan"]]
+    try:
+        plan = _plan(yaml.safe_load(store.read_text(CONFIG)))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        plan = _plan(None)
     stages: list[dict[str, Any]] = []
     for step in plan.stages:
         stage = step.name
@@ -183,7 +193,7 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
         try:
             plan = _plan(yaml.safe_load(store.read_text(f"{run}/{CONFIG}")))
         except (yaml.YAMLError, UnicodeDecodeError):
-            plan = PLANS["recipe"]
+            plan = _plan(None)
         done = [s.name for s in plan.stages if not s.fan_out and f"{run}/{s.name}/{SUCCESS}" in rkeys]
         fanned = [s.name for s in plan.stages if s.fan_out]  # the recipe's experts; none in the plain plan
         ids, known, tasks_done = [], True, []

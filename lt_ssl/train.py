@@ -113,12 +113,15 @@ def train(
     collapse_std: float = 0.0,
     after_step: Callable[[], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    epoch_order: Callable[[int, torch.Generator], Tensor] | None = None,
 ) -> TrainResult:
     """Train `model` on `images` (N,3,H,W) uint8 (on the training device) for cfg.epochs.
 
     The loss comes from `step_fn`; `param_groups` may mark groups `fix_lr` (kept at their lr).
     `collapse_std`: if an epoch's mean `z_std` falls below it, raise CollapseError.
     `after_step()` runs after each optimizer step, `on_epoch_end(epoch)` after each epoch (a method's hooks).
+    `epoch_order(n, generator)`: each epoch's visiting order of the n images (default a uniform shuffle); the
+    generator is keyed by (seed, epoch), so a resumed epoch replays the same order.
     """
     device = images.device
     n = images.shape[0]
@@ -154,7 +157,8 @@ def train(
     bar = Progress(total_steps * batch_size, name, start=(epoch * steps_per_epoch + step) * batch_size)
     with _TermFlag() as term, bar:
         while epoch < cfg.epochs:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, -1)))
+            order_gen = torch.Generator().manual_seed(step_seed(seed, epoch, -1))
+            order = epoch_order(n, order_gen) if epoch_order is not None else torch.randperm(n, generator=order_gen)
             z_stds = []
             while step < steps_per_epoch:
                 idx = order[step * batch_size:(step + 1) * batch_size].to(device)

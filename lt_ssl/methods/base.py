@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from lt_ssl.schema import Section
@@ -38,6 +39,9 @@ class Method(nn.Module):
     Config: ClassVar[type[Section]]
     paper: ClassVar[Paper]
     num_views: ClassVar[int] = 2
+    # Optional stages of the plan (plan.py, `optional=True`) whose outputs this method reads; a run's plan
+    # includes them only when one of its methods names them (contract.plan_of).
+    needs_stages: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: nn.Module, cfg: Section):
         super().__init__()
@@ -70,3 +74,12 @@ class Method(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each finished epoch (per-sample statistics)."""
+
+    def set_pseudolabels(self, labels: Tensor) -> None:
+        """labels: (N,) long, one per training image in the order the loop indexes them; called before training
+        by methods whose needs_stages has "pseudolabel"."""
+
+    def epoch_order(self, n: int, generator: torch.Generator) -> Tensor:
+        """(n,) long: the order in which the loop visits the n training images this epoch, cut into batches
+        in that order (the last ragged batch dropped). Default: a uniform shuffle."""
+        return torch.randperm(n, generator=generator)

@@ -219,7 +219,8 @@ def stage_templates(plan: Plan) -> list[Container]:
 
 
 def pipeline_tasks(plan: Plan, run: str, config: str, overrides: str, variant: str) -> list[Task]:
-    """A plan as DAG tasks: one per stage, a fan-out stage iterating over its source's output list."""
+    """A plan as DAG tasks: one per stage, a fan-out stage iterating over its source's output list, an optional
+    stage skipped unless the run wants it (a skipped task satisfies a plain `depends` on it)."""
     tasks = []
     for stage in plan.stages:
         args = {"run": run}
@@ -232,7 +233,11 @@ def pipeline_tasks(plan: Plan, run: str, config: str, overrides: str, variant: s
             args["cluster"] = "{{item}}"
             (param,) = plan.stage(stage.fan_out).output.files()
             with_param = "{{tasks.%s.outputs.parameters.%s}}" % (stage.fan_out, param)
-        tasks.append(Task(name=stage.name, template=stage.name, arguments=args,
+        when = None
+        if stage.optional:  # the config stage publishes, per optional stage, whether this run wants it
+            (source,) = [s.name for s in plan.stages if s.takes_config]
+            when = "{{tasks.%s.outputs.parameters.%s}} == true" % (source, stage.name)
+        tasks.append(Task(name=stage.name, template=stage.name, arguments=args, when=when,
                           depends=" && ".join(plan.depends(stage.name)) or None, with_param=with_param))
     return tasks
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import Config, config_hash, from_dict, to_yaml
 from ..errors import ConfigError, StageError
+from ..methods import METHODS
 from ..store import Store
 from .plan import PLANS, Output, Plan, Stage
 
@@ -35,8 +36,17 @@ def is_done(store: Store, prefix: str, chash: str) -> bool:
     return store.read_json(f"{prefix}/{SUCCESS}").get("config_hash") == chash
 
 
+def run_methods(cfg: Config) -> list:
+    """The method configs a run trains with: `method`, and `baseline.method` where the plan has an enabled baseline."""
+    found = [cfg.method]
+    if cfg.baseline.enabled and "baseline" in PLANS[cfg.plan].names:
+        found.append(cfg.baseline.method)
+    return found
+
+
 def plan_of(cfg: Config) -> Plan:
-    return PLANS[cfg.plan]
+    """The stages this run executes: its plan, with the optional stages its methods need (Method.needs_stages)."""
+    return PLANS[cfg.plan].for_run({s for m in run_methods(cfg) for s in METHODS[m.name].needs_stages})
 
 
 def fan_out_ids(store: Store, plan: Plan, stage: Stage) -> list[int]:

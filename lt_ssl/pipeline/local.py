@@ -91,7 +91,7 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int, de
                             argv = stage_argv(stage, run_uri, config=str(config), overrides=overrides,
                                               output_path=outputs.get(stage.name))
                             tasks = [argv] if pending(stage.name) else []
-                            if not tasks and stage.output:  # a later fan-out reads it, as Argo's withParam does
+                            if not tasks and any(s.fan_out == stage.name for s in plan.stages):  # as withParam
                                 write_output(stage.output, store, outputs[stage.name])
                         ready += [(stage.name, argv) for argv in tasks]
                         left[stage.name] = len(tasks)

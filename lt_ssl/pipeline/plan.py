@@ -46,6 +46,9 @@ class Stage:
     accelerator: bool = True  # trains or extracts features: a GPU pod on Argo
     takes_config: bool = False  # writes the run's config.yaml: `--config` and overrides go to it
     output: Output | None = None
+    # Runs only in runs whose config asks for it (a method's `needs_stages`): contract.plan_of drops it from the
+    # others; Argo keeps it in the DAG and skips it (`when`) on the config stage's output parameter of its name.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ class Plan:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.stages)
+
+    def for_run(self, wanted: frozenset[str] | set[str]) -> Plan:
+        """The stages one run executes: the optional ones only if `wanted`, and no stage needing a dropped one."""
+        drop = {s.name for s in self.stages if s.optional and s.name not in wanted}
+        return Plan(self.name, tuple(replace(s, needs=tuple(n for n in s.needs if n not in drop))
+                                     for s in self.stages if s.name not in drop))
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -88,23 +97,28 @@ def headline(models: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple((f"{e}_top1_{m}", f"models.{m}.{e}.top1") for e in ("knn", "linear") for m in models)
 
 
-PREPARE = Stage("prepare", accelerator=False, takes_config=True)
-PRETRAIN = Stage("pretrain", ("prepare",))
-BASELINE = Stage("baseline", ("prepare",))  # a no-op unless baseline.enabled; always present keeps the DAG static
+# Pseudo-labels per training image (G-SimCLR's denoising autoencoder + k-means), for the methods that train on them.
+PSEUDOLABEL = Stage("pseudolabel", ("prepare",), optional=True)
+OPTIONAL = (PSEUDOLABEL,)
+# prepare also says which optional stages the run wants: Argo's `when` reads it (prepare/stages.json: name -> bool).
+PREPARE = Stage("prepare", accelerator=False, takes_config=True,
+                output=Output("--outputs-dir", OUTPUTS_DIR, "prepare/stages.json", tuple((s.name, s.name) for s in OPTIONAL)))
+PRETRAIN = Stage("pretrain", ("prepare", "pseudolabel"))
+BASELINE = Stage("baseline", ("prepare", "pseudolabel"))  # a no-op unless baseline.enabled; always present keeps the DAG static
 CLUSTER = Stage("cluster", ("pretrain",), output=Output("--clusters-out", CLUSTERS_OUT, "cluster/clusters.json",
                                                         (("clusters", ""),)))
-EXPERT = Stage("expert", ("cluster",), fan_out="cluster")
+EXPERT = Stage("expert", ("cluster", "pseudolabel"), fan_out="cluster")
 DISTILL = Stage("distill", ("cluster", "expert"))  # reads the assignments and every expert
 EVALUATE = Stage("evaluate", ("pretrain",),
                  output=Output("--outputs-dir", OUTPUTS_DIR, "evaluate/metrics.json", headline(("base",)), gauges=True))
 
 PLANS: dict[str, Plan] = {
     # The offline-clustering recipe: base model, k-means, one expert per cluster, a distilled student.
-    "recipe": Plan("recipe", (PREPARE, PRETRAIN, BASELINE, CLUSTER, EXPERT, DISTILL, replace(
+    "recipe": Plan("recipe", (PREPARE, PSEUDOLABEL, PRETRAIN, BASELINE, CLUSTER, EXPERT, DISTILL, replace(
         EVALUATE, needs=("pretrain", "baseline", "distill"),
         output=replace(EVALUATE.output, fields=headline(("student", "base")))))),
     # The configured method alone, evaluated as the base model.
-    "plain": Plan("plain", (PREPARE, PRETRAIN, EVALUATE)),
+    "plain": Plan("plain", (PREPARE, PSEUDOLABEL, PRETRAIN, EVALUATE)),
 }
 
 # Every stage of every plan, in a plan's order: what `lt-ssl stage` accepts.

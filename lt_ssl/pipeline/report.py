@@ -75,4 +75,11 @@ architecture, `pixels` the flattened normalised images.{extra}
 
 ![PCA of base features by cluster](../cluster/scatter.png)
 ![class distribution per cluster](../cluster/class_distribution.png)
+""" + (_PSEUDOLABELS if store.exists("pseudolabel/tsne.png") else "")
+
+
+_PSEUDOLABELS = """
+## Pseudo-labels
+
+![t-SNE of the denoising autoencoder's codes by true class](../pseudolabel/tsne.png)
 """

@@ -25,13 +25,14 @@ from ..evaluate import (accuracy_report, assert_unchanged, extract_features, fin
 from .. import methods
 from ..methods import Batch, DistillStudent, Method
 from ..models import build_backbone
-from ..plots import accuracy_bars_png, class_distribution_png, cluster_scatter_png
+from ..plots import accuracy_bars_png, class_distribution_png, cluster_scatter_png, tsne_png
+from .. import pseudolabel as pl
 from ..store import Store
 from ..train import Checkpointer, load_checkpoint, train
 from . import report
-from .plan import CONFIG_STAGES
-from .contract import (Outputs, check_needs, is_done, plan_of, read_config, stage_prefix, write_config_once,
-                       write_output, write_success)
+from .plan import CONFIG_STAGES, OPTIONAL
+from .contract import (Outputs, check_needs, is_done, plan_of, read_config, run_methods, stage_prefix,
+                       write_config_once, write_output, write_success)
 
 
 @dataclass
@@ -115,13 +116,21 @@ def ssl_step(model: Method, cfg: Config, mean, std) -> Callable:
     return step
 
 
-def train_ssl(ctx: Context, model: Method, images: Tensor, tcfg: TrainConfig, m: MethodConfig, info: dict) -> dict:
-    """Run the training loop for a self-supervised method and store the final weights as model.pt."""
+def train_ssl(ctx: Context, model: Method, images: Tensor, tcfg: TrainConfig, m: MethodConfig, info: dict,
+              positions: np.ndarray | None = None) -> dict:
+    """Run the training loop for a self-supervised method and store the final weights as model.pt.
+
+    positions: where `images` sit in the training subset (default: the whole subset, in order), to look up
+    per-image inputs of other stages (pseudo-labels) for the methods that need them."""
     arch = ssl_arch(ctx.cfg, m)
     ckpt = Checkpointer(ctx.store, ctx.out.prefix, arch)
+    if "pseudolabel" in model.needs_stages:
+        labels = ctx.store.read_numpy("pseudolabel/labels.npy")
+        model.set_pseudolabels(torch.from_numpy(labels if positions is None else labels[positions]))
     result = train(model, model.param_groups(tcfg.lr), images, ssl_step(model, ctx.cfg, info["mean"], info["std"]),
                    tcfg, ckpt, seed=ctx.cfg.seed + _stage_seed(ctx), name=ctx.name, metrics=ctx.metrics,
-                   collapse_std=model.collapse_std(), after_step=model.after_step, on_epoch_end=model.on_epoch_end)
+                   collapse_std=model.collapse_std(), after_step=model.after_step, on_epoch_end=model.on_epoch_end,
+                   epoch_order=model.epoch_order)
     ctx.out.bytes("model.pt", model_bytes(model, arch))
     return {"train": {"epochs": result.epochs, "steps": result.steps, "seconds": round(result.seconds, 2),
                       "final_loss": result.final_loss, "images_per_second": round(result.images_per_second, 1)}}
@@ -163,9 +172,40 @@ def prepare(ctx: Context) -> dict:
                         "they are blank or constant; check data.root and the files")
     ctx.out.numpy("subset.npy", subset)
     ctx.out.json("info.json", info)
+    wanted = plan_of(cfg).names
+    ctx.out.json("stages.json", {s.name: s.name in wanted for s in OPTIONAL})  # Argo's `when` on optional stages
     print(f"[prepare] {cfg.data.dataset} {cfg.data.subset}: {info['subset_size']} of {info['num_images']} images, "
           f"classes {info['class_counts']}", file=sys.stderr)
     return {"subset_size": info["subset_size"]}
+
+
+def pseudolabel(ctx: Context) -> dict:
+    """Pseudo-labels for the training subset: a denoising autoencoder on its pixels, k-means on the codes
+    (formulas and sources in lt_ssl/pseudolabel.py); labels.npy is aligned with prepare/subset.npy."""
+    cfg = ctx.cfg
+    settings = pl.settings(run_methods(cfg))
+    arrays, subset, info = training_images(ctx)
+    k = settings.pseudo_k
+    if k > len(subset):
+        raise StageError(f"method.pseudo_k={k} is larger than the number of training images ({len(subset)}); "
+                         "lower method.pseudo_k")
+    images = to_device(arrays.images[subset], ctx.device)
+    dae, losses = pl.train_dae(images, settings, seed=cfg.seed + 5, name=ctx.name)
+    codes = pl.latent_codes(dae, images)
+    result = kmeans(codes, k, backend=cfg.cluster.backend, seed=cfg.seed, n_init=pl.KMEANS_N_INIT,
+                    max_iter=pl.KMEANS_MAX_ITER)
+    sizes = cluster_sizes(result.assignments, k)
+    codes_np = codes.cpu().numpy().astype(np.float32)
+    ctx.out.numpy("labels.npy", result.assignments.astype(np.int64))
+    ctx.out.numpy("codes.npy", codes_np)
+    ctx.out.bytes("dae.pt", model_bytes(dae, f"dae/{info['image_shape']}"))
+    ctx.out.json("sizes.json", {"sizes": sizes, "inertia": result.inertia, "backend": result.backend,
+                                "dae_mse_per_epoch": [round(v, 6) for v in losses]})
+    keep, xy = pl.tsne_2d(codes_np, settings.tsne_points, cfg.seed)
+    ctx.out.bytes("tsne.png", tsne_png(xy, arrays.labels[subset][keep],
+                                       f"t-SNE of DAE codes ({len(keep)} images) by true class"))
+    print(f"[pseudolabel] K={k} sizes {sizes} (DAE mse {losses[-1]:.5f})", file=sys.stderr)
+    return {"k": k, "sizes": sizes, "dae_final_mse": losses[-1]}
 
 
 def pretrain(ctx: Context) -> dict:
@@ -224,7 +264,8 @@ def expert(ctx: Context) -> dict:
     if k not in ids:
         raise StageError(f"expert --cluster {k} does not exist: the non-empty clusters are {ids}")
     arrays, subset, info = training_images(ctx)
-    members = subset[ctx.store.read_numpy("cluster/assignments.npy") == k]
+    in_cluster = ctx.store.read_numpy("cluster/assignments.npy") == k
+    members = subset[in_cluster]
     if len(members) < 2:
         raise StageError(f"cluster {k} has {len(members)} image(s), too few to train an expert; lower cluster.k")
     if cfg.expert.init == "base":
@@ -232,7 +273,8 @@ def expert(ctx: Context) -> dict:
     else:
         torch.manual_seed(cfg.seed + 100 + k)
         model = new_method(cfg, cfg.method, ctx.device)
-    result = train_ssl(ctx, model, to_device(arrays.images[members], ctx.device), cfg.expert.train, cfg.method, info)
+    result = train_ssl(ctx, model, to_device(arrays.images[members], ctx.device), cfg.expert.train, cfg.method, info,
+                       positions=np.flatnonzero(in_cluster))
     return result | {"cluster": k, "images": int(len(members))}
 
 
@@ -387,7 +429,7 @@ def evaluate(ctx: Context) -> dict:
 
 # The stage functions by name; their graph (needs, fan-out, outputs) is declared in plan.py.
 STAGES: dict[str, Callable[[Context], dict]] = {f.__name__: f for f in (
-    prepare, pretrain, baseline, cluster, expert, distill, evaluate)}
+    prepare, pseudolabel, pretrain, baseline, cluster, expert, distill, evaluate)}
 
 
 def run_stage(name: str, store: Store, cfg: Config | None, *, cluster: int | None = None, device: str | None = None,

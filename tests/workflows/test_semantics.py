@@ -184,7 +184,9 @@ def test_dag_is_the_plan(committed, name):
 
 def test_plain_plan_has_no_recipe_stages(committed):
     """The plain baseline is its own graph, not the recipe with its steps cut to nothing."""
-    assert set(dag(committed["experiment_exp1_imbalance.yaml"], "pipeline")) == {"prepare", "pretrain", "evaluate"}
+    # pseudolabel: an optional stage, skipped (`when`) unless the run's method needs it
+    assert set(dag(committed["experiment_exp1_imbalance.yaml"], "pipeline")) == {"prepare", "pseudolabel", "pretrain",
+                                                                                "evaluate"}
     evaluate = templates_of(committed["experiment_exp1_imbalance.yaml"])["evaluate"]
     assert {p["name"] for p in evaluate["outputs"]["parameters"]} == {"knn_top1_base", "linear_top1_base"}
 

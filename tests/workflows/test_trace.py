@@ -24,10 +24,11 @@ WF_NAME = "cluster-distill-x7k2q"
 class Trace:
     """A tiny interpreter for our DAGs: parameters, withParam/withItems, output files of the stages."""
 
-    def __init__(self, obj: dict, params: dict[str, str], cluster_ids: list[int]):
+    def __init__(self, obj: dict, params: dict[str, str], cluster_ids: list[int], wanted: frozenset[str] = frozenset()):
         spec = spec_of(obj)
         self.templates = templates_of(obj)
         self.cluster_ids = cluster_ids
+        self.wanted = wanted  # the optional stages the config's methods need, as prepare would report them
         declared = {p["name"]: p.get("value", "") for p in spec["arguments"]["parameters"]}
         assert set(params) <= set(declared), f"unknown parameters {set(params) - set(declared)}"
         declared |= params
@@ -54,6 +55,9 @@ class Trace:
         files = {}
         if argv[:3] == ["lt-ssl", "stage", "cluster"]:  # the stage writes the non-empty ids here
             files[argv[argv.index("--clusters-out") + 1]] = json.dumps(self.cluster_ids).replace(" ", "")
+        if argv[:3] == ["lt-ssl", "stage", "prepare"]:  # whether the run wants each optional stage
+            out = argv[argv.index("--outputs-dir") + 1]
+            files |= {f"{out}/{s.name}": json.dumps(s.name in self.wanted) for s in plan.OPTIONAL}
         outputs = {}
         for p in (t.get("outputs") or {}).get("parameters") or []:
             path = p["valueFrom"]["path"]
@@ -78,6 +82,9 @@ class Trace:
                     item_scope |= {f"item.{k}": str(v) for k, v in item.items()}
                 elif item is not None:
                     item_scope["item"] = str(item)
+                if "when" in task and self.sub(task["when"], item_scope) != "true == true":  # our `when`s only
+                    done[name] = {}  # Skipped: a plain `depends` on it is still satisfied
+                    continue
                 args = {p["name"]: self.sub(p["value"], item_scope) for p in (task.get("arguments") or {}).get("parameters") or []}
                 done[name] = self.run(task["template"], args)
         return {}
@@ -118,10 +125,13 @@ def local_commands(monkeypatch, tmp_path, argo_run_uri: str, argo_config: str, o
 
     def record(argv: list[str], threads: int, device: str | None, debug: bool, progress: bool = True) -> int:
         executed.append(list(argv))
-        stage = plan_of(local.load_config(config, shlex.split(overrides))).stage(argv[2])
+        run_plan = plan_of(local.load_config(config, shlex.split(overrides)))
+        stage = run_plan.stage(argv[2])
         if stage.output:
             fake = ids if stage.fan_out is None and stage.output.is_file else {"models": {
                 m: {e: {g: 0.5 for g in GROUPS} for e in ("knn", "linear")} for m in ("base", "student")}}
+            if stage.takes_config:  # as prepare writes it
+                fake = {s.name: s.name in run_plan.names for s in plan.OPTIONAL}
             store.write_json(stage.output.source, fake)
             path = argv[argv.index(stage.output.flag) + 1]
             write_output(stage.output, store, path)
@@ -136,17 +146,19 @@ def local_commands(monkeypatch, tmp_path, argo_run_uri: str, argo_config: str, o
 
 
 CASES = [
-    ({}, [0, 1, 2]),
+    ({}, [0, 1, 2], frozenset()),
     ({"config": "/app/configs/cifar10_lt.yaml", "overrides": "cluster.k=3 seed=1", "run-id": "nightly-7",
-      "bucket": "team-bucket"}, [0, 1, 2]),
-    ({"overrides": "cluster.k=8"}, [0, 2, 5]),  # empty clusters leave gaps in the ids
+      "bucket": "team-bucket"}, [0, 1, 2], frozenset()),
+    ({"overrides": "cluster.k=8"}, [0, 2, 5], frozenset()),  # empty clusters leave gaps in the ids
+    ({"overrides": "method.name=gsimclr"}, [0, 1], frozenset({"pseudolabel"})),  # a method that needs pseudo-labels
 ]
 
 
-@pytest.mark.parametrize("params,ids", CASES)
-def test_cluster_distill_runs_the_local_runners_commands(committed, monkeypatch, tmp_path, params, ids):
+@pytest.mark.parametrize("params,ids,wanted", CASES)
+def test_cluster_distill_runs_the_local_runners_commands(committed, monkeypatch, tmp_path, params, ids, wanted):
     o = committed["cluster_distill.yaml"]
-    got = lt_ssl_only(Trace(o, params, ids).trace())
+    got = lt_ssl_only(Trace(o, params, ids, wanted).trace())
+    assert ("pseudolabel" in [c[2] for c in got]) == ("pseudolabel" in wanted)
     defaults = {p["name"]: p["value"] for p in spec_of(o)["arguments"]["parameters"]}
     p = defaults | params
     run_id = p["run-id"].replace("{{workflow.name}}", WF_NAME)
