@@ -11,6 +11,7 @@ import pytest
 from lt_ssl.config import load_config
 from lt_ssl.pipeline import local
 from lt_ssl.pipeline.contract import plan_of, write_output
+from lt_ssl.pipeline.plan import OPTIONAL
 from lt_ssl.pipeline.report import GROUPS
 from lt_ssl.store import open_store
 from tests.conftest import QUICKSTART
@@ -36,6 +37,8 @@ def fake_run(monkeypatch, tmp_path, workers: int, fail: dict[str, int] | None = 
         if stage.output:
             fake = CLUSTERS if stage.output.is_file else {"models": {
                 m: {e: {g: 0.5 for g in GROUPS} for e in ("knn", "linear")} for m in ("base", "student")}}
+            if stage.takes_config:  # as prepare writes it: which optional stages the run wants
+                fake = {s.name: s.name in plan.names for s in OPTIONAL}
             store.write_json(stage.output.source, fake)
             write_output(stage.output, store, argv[argv.index(stage.output.flag) + 1])
         with lock:
