@@ -117,6 +117,7 @@ class TrainResult:
     seconds: float
     final_loss: float | None
     images_per_second: float
+    step_seconds: float  # of `seconds`, the steps themselves (augment, forward, backward, update); the rest is the loop's
 
 
 def train(
@@ -169,7 +170,7 @@ def train(
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": e, "step": s,
                 "global_step": e * steps_per_epoch + s}
 
-    t_start, seen, last_loss = time.perf_counter(), 0, float("nan")
+    t_start, seen, last_loss, step_seconds = time.perf_counter(), 0, float("nan"), 0.0
     bar = Progress(total_steps * batch_size, name, start=(epoch * steps_per_epoch + step) * batch_size)
     with _TermFlag() as term, bar:
         while epoch < cfg.epochs:
@@ -193,7 +194,8 @@ def train(
                 opt.step()
                 if after_step is not None:
                     after_step()
-                last_loss = loss.item()
+                last_loss = loss.item()  # waits for the device: the step's compute ends here
+                step_seconds += time.perf_counter() - t0
                 if "z_std" in out:
                     z_stds.append(float(out["z_std"]))
                 seen += batch_size
@@ -221,5 +223,5 @@ def train(
     elapsed = time.perf_counter() - t_start
     # None, not NaN, when no step ran here (0 epochs, or resumed after the last one): _SUCCESS.json stays strict JSON.
     final = None if math.isnan(last_loss) else last_loss
-    return TrainResult(cfg.epochs, total_steps, elapsed, final, seen / max(elapsed, 1e-9))
+    return TrainResult(cfg.epochs, total_steps, elapsed, final, seen / max(elapsed, 1e-9), step_seconds)
 

@@ -124,7 +124,8 @@ def train_ssl(ctx: Context, model: Method, images: Tensor, tcfg: TrainConfig, m:
                    collapse_std=model.collapse_std(), after_step=model.after_step, on_epoch_end=model.on_epoch_end)
     ctx.out.bytes("model.pt", model_bytes(model, arch))
     return {"train": {"epochs": result.epochs, "steps": result.steps, "seconds": round(result.seconds, 2),
-                      "final_loss": result.final_loss, "images_per_second": round(result.images_per_second, 1)}}
+                      "step_seconds": round(result.step_seconds, 2), "final_loss": result.final_loss,
+                      "images_per_second": round(result.images_per_second, 1)}}
 
 
 def _stage_seed(ctx: Context) -> int:
@@ -285,7 +286,8 @@ def distill(ctx: Context) -> dict:
     result = train(student, student.param_groups(cfg.distill.train.lr), to_device(arrays.images[subset], ctx.device),
                    step, cfg.distill.train, ckpt, seed=cfg.seed + 3, name=ctx.name, metrics=ctx.metrics)
     ctx.out.bytes("model.pt", model_bytes(student, arch))
-    return {"train": {"epochs": result.epochs, "seconds": round(result.seconds, 2), "final_loss": result.final_loss}}
+    return {"train": {"epochs": result.epochs, "seconds": round(result.seconds, 2),
+                      "step_seconds": round(result.step_seconds, 2), "final_loss": result.final_loss}}
 
 
 def evaluate(ctx: Context) -> dict:
