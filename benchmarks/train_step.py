@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/augment.p
 from augment import MEAN, STD, cifar_like, torchvision_pipeline  # noqa: E402
 
 from lt_ssl.config import from_dict  # noqa: E402
-from lt_ssl.methods import Batch  # noqa: E402
+from lt_ssl.methods import Batch, build  # noqa: E402
+from lt_ssl.models import build_backbone  # noqa: E402
 from lt_ssl.optim import build_optimizer, scaled_lr  # noqa: E402
 from lt_ssl.pipeline.stages import new_method, ssl_step  # noqa: E402
 from lt_ssl.train import bf16_native, step_autocast  # noqa: E402
@@ -163,9 +164,6 @@ class Theirs:
 
     def __init__(self, hwc, cfg, batch: int, workers: int):
         torch.manual_seed(0)
-        from lt_ssl.methods import build
-        from lt_ssl.models import build_backbone
-
         self.model = build(build_backbone(cfg.backbone), cfg.method).train()
         self.opt = optimizer(self.model, batch)
         dataset = PilDataset(hwc, torchvision_pipeline(cfg.augment))
