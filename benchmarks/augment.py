@@ -27,8 +27,8 @@ MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10
 STD = (0.2470, 0.2435, 0.2616)
 
 
-def cifar_like(n: int, seed: int) -> np.ndarray:
-    """-> (n,32,32,3) uint8, smooth colour blobs plus noise, HWC as torchvision's CIFAR datasets hold them.
+def cifar_like(n: int, seed: int, side: int = 32) -> np.ndarray:
+    """-> (n,side,side,3) uint8, smooth colour blobs plus noise, HWC as torchvision's CIFAR datasets hold them.
 
     Pure noise would make every pixel's hue random; smooth images exercise the same code paths
     with realistic statistics, and no download is needed.
@@ -36,7 +36,7 @@ def cifar_like(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, size=(n, 4, 4, 3)).astype(np.float32)
     smooth = torch.nn.functional.interpolate(
-        torch.from_numpy(coarse).permute(0, 3, 1, 2), size=(32, 32), mode="bicubic", align_corners=False
+        torch.from_numpy(coarse).permute(0, 3, 1, 2), size=(side, side), mode="bicubic", align_corners=False
     ).permute(0, 2, 3, 1).numpy()
     noisy = smooth + rng.normal(0, 12, size=smooth.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8)

@@ -31,6 +31,8 @@ _TOP, _LEFT, _FLIP, _JITTER, _BRIGHT, _CONTRAST, _SATUR, _HUE, _GRAY, _BLUR, _SI
 _NUM_DRAWS = 2 * _ATTEMPTS + 12
 
 
+@torch.autocast("cpu", enabled=False)  # views in float32 whatever precision the model step runs in
+@torch.autocast("cuda", enabled=False)
 def augment_batch(
     x: Tensor,
     cfg: AugmentConfig,

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import Tensor, nn
-from torchvision.models import resnet18
 
 from lt_ssl.errors import ConfigError
 
 
 def _resnet18(cifar_stem: bool) -> nn.Module:
+    # Imported here: torchvision pulls in torch._dynamo, sympy and triton, seconds of every stage process's start
+    # (benchmarks/pipeline.py), which runs on the small CNN need not pay.
+    from torchvision.models import resnet18
+
     # zero_init_residual starts each block as the identity, as facebookresearch/simsiam's builder does.
     net = resnet18(weights=None, zero_init_residual=True)
     if cifar_stem:

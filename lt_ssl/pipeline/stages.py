@@ -133,7 +133,8 @@ def train_ssl(ctx: Context, model: Method, images: Tensor, tcfg: TrainConfig, m:
                    epoch_order=model.epoch_order)
     ctx.out.bytes("model.pt", model_bytes(model, arch))
     return {"train": {"epochs": result.epochs, "steps": result.steps, "seconds": round(result.seconds, 2),
-                      "final_loss": result.final_loss, "images_per_second": round(result.images_per_second, 1)}}
+                      "step_seconds": round(result.step_seconds, 2), "final_loss": result.final_loss,
+                      "images_per_second": round(result.images_per_second, 1)}}
 
 
 def _stage_seed(ctx: Context) -> int:
@@ -324,7 +325,8 @@ def distill(ctx: Context) -> dict:
     result = train(student, student.param_groups(cfg.distill.train.lr), to_device(arrays.images[subset], ctx.device),
                    step, cfg.distill.train, ckpt, seed=cfg.seed + 3, name=ctx.name, metrics=ctx.metrics)
     ctx.out.bytes("model.pt", model_bytes(student, arch))
-    return {"train": {"epochs": result.epochs, "seconds": round(result.seconds, 2), "final_loss": result.final_loss}}
+    return {"train": {"epochs": result.epochs, "seconds": round(result.seconds, 2),
+                      "step_seconds": round(result.step_seconds, 2), "final_loss": result.final_loss}}
 
 
 def evaluate(ctx: Context) -> dict:
