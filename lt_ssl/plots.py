@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from lt_ssl.errors import DataError
@@ -34,7 +31,7 @@ def cluster_scatter_png(
     xy = _pca_2d(feats.astype(np.float64))
 
     panels = [("cluster", ids)] + ([] if cls is None else [("class", cls)])
-    fig = Figure(figsize=(5.5 * len(panels), 5))
+    fig = _figure(figsize=(5.5 * len(panels), 5))
     for i, (name, colour) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         n_colours = int(colour.max()) + 1 if colour.size else 1
@@ -52,7 +49,7 @@ def tsne_png(xy: np.ndarray, labels: Tensor | np.ndarray, title: str) -> bytes:
     if xy.ndim != 2 or xy.shape[1] != 2 or cls.shape != (xy.shape[0],):
         raise DataError(f"t-SNE plot needs points (N, 2) and labels (N,), got {xy.shape} and {cls.shape}")
     n_colours = int(cls.max()) + 1 if cls.size else 1
-    fig = Figure(figsize=(6, 5))
+    fig = _figure(figsize=(6, 5))
     ax = fig.add_subplot(1, 1, 1)
     points = ax.scatter(xy[:, 0], xy[:, 1], c=cls, cmap=_cmap(n_colours), vmin=-0.5, vmax=n_colours - 0.5, s=4, lw=0)
     fig.colorbar(points, ax=ax, ticks=range(n_colours), label="class")
@@ -81,7 +78,7 @@ def class_distribution_png(
     np.add.at(composition, (ids, cls), 1)
     colours = _cmap(num_classes)(np.arange(num_classes))
 
-    fig = Figure(figsize=(12, 4.5))
+    fig = _figure(figsize=(12, 4.5))
     tail = fig.add_subplot(1, 2, 1)
     tail.bar(np.arange(num_classes), counts[order], color=colours, width=1.0)
     tail.set_title("training images per class")
@@ -112,7 +109,7 @@ def accuracy_bars_png(results: dict[str, dict[str, float]]) -> bytes:
     width = 0.8 / len(results)
     x = np.arange(len(groups))
 
-    fig = Figure(figsize=(max(6, 1.6 * len(groups) * max(1, len(results) / 2)), 4.5))
+    fig = _figure(figsize=(max(6, 1.6 * len(groups) * max(1, len(results) / 2)), 4.5))
     ax = fig.add_subplot(1, 1, 1)
     colours = _cmap(len(results))(np.arange(len(results)))
     for i, (model, accs) in enumerate(results.items()):
@@ -135,7 +132,7 @@ def experiment_bars_png(rows: dict[str, dict[str, tuple[float, float] | None]]) 
     evals = list(dict.fromkeys(e for r in rows.values() for e in r))
     height = 0.8 / max(1, len(evals))
     y = np.arange(len(rows))
-    fig = Figure(figsize=(9, max(3, 0.35 * len(rows) * max(1, len(evals) / 2) + 1)))
+    fig = _figure(figsize=(9, max(3, 0.35 * len(rows) * max(1, len(evals) / 2) + 1)))
     ax = fig.add_subplot(1, 1, 1)
     colours = _cmap(len(evals))(np.arange(len(evals)))
     for i, ev in enumerate(evals):
@@ -174,13 +171,25 @@ def _pca_2d(feats: np.ndarray) -> np.ndarray:
     return xy
 
 
+def _figure(**kwargs):
+    """A matplotlib Figure, imported here: matplotlib costs every stage process ~0.3-3 s to import, and only the
+    stages that draw (prepare, cluster, pseudolabel, evaluate) need it."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def _cmap(n: int):
     # tab10/tab20 keep a handful of clusters or classes distinguishable; past 20, a smooth map is all that scales.
     name = "tab10" if n <= 10 else "tab20" if n <= 20 else "viridis"
+    from matplotlib import colormaps
+
     return colormaps[name].resampled(max(n, 1))
 
 
-def _png(fig: Figure) -> bytes:
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)  # attaches an Agg canvas: no pyplot, no global backend switch, safe in worker threads
     fig.tight_layout()
     buf = io.BytesIO()
