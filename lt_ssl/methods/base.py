@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from lt_ssl.data.augment import ExtraOps
 from lt_ssl.schema import Section
 
 
@@ -61,3 +62,7 @@ class Method(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each finished epoch (per-sample statistics)."""
+
+    def augment_strength(self, idx: Tensor) -> ExtraOps | None:
+        """Extra augmentation for the samples idx (B,): a per-sample strength for every view; None = the plain recipe."""
+        return None

@@ -107,7 +107,9 @@ def ssl_step(model: Method, cfg: Config, mean, std) -> Callable:
     """model.num_views independently augmented views of the same images (B,3,H,W) -> the method's outputs."""
 
     def step(x: Tensor, idx: Tensor, gen: torch.Generator, epoch: int, global_step: int, total_steps: int) -> dict:
-        views = [augment_batch(x, cfg.augment, mean, std, generator=gen) for _ in range(model.num_views)]  # (B,3,S,S)
+        extra = model.augment_strength(idx)  # per-sample extra operations, or None
+        views = [augment_batch(x, cfg.augment, mean, std, generator=gen, extra=extra)
+                 for _ in range(model.num_views)]  # (B,3,S,S)
         if x.device.type == "cuda":
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return model.loss(Batch(views, idx, epoch, global_step, total_steps))
