@@ -57,6 +57,10 @@ class Method(nn.Module):
         """An epoch whose mean "z_std" falls below this raises CollapseError; 0 = the method has no such rule."""
         return 0.0
 
+    def on_train_start(self) -> None:
+        """Called before training on a set of images, before a checkpoint of that run is loaded: per-sample state
+        keyed by Batch.idx starts over here (an expert started from the base model trains on other images)."""
+
     def after_step(self) -> None:
         """Called after each optimizer step (momentum/EMA targets)."""
 

@@ -86,8 +86,8 @@ class BCL(SimCLR):
     """SimCLR's encoder, head and NT-Xent; per-sample momentum losses set each sample's extra augmentation.
 
     The statistics are buffers keyed by the sample's position in the training tensor (Batch.idx), so checkpoints
-    carry them and a resumed run continues with the same strengths. They grow to the largest index seen, since a
-    method is built before the training set's size is known.
+    carry them and a resumed run continues with the same strengths; they start over with each training run
+    (on_train_start), and grow to the largest index seen, since a method is built before its images are known.
     """
 
     Config = BCLConfig
@@ -100,6 +100,12 @@ class BCL(SimCLR):
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))  # whether m_i holds a loss yet
         self.register_buffer("strength", torch.zeros(0))  # w_i, set at each epoch end
         self.register_buffer("new_strength", torch.zeros(()))  # w of an index beyond the buffers: 0, then 1/2
+
+    @torch.no_grad()
+    def on_train_start(self) -> None:
+        # Batch.idx now indexes another image set (an expert started from the base model): start over.
+        self.shadow, self.seen, self.strength = self.shadow[:0], self.seen[:0], self.strength[:0]
+        self.new_strength.zero_()
 
     def loss(self, batch: Batch) -> dict:
         z1, z2 = self.project(batch)  # (B, proj_dim) each

@@ -121,6 +121,7 @@ def train_ssl(ctx: Context, model: Method, images: Tensor, tcfg: TrainConfig, m:
     """Run the training loop for a self-supervised method and store the final weights as model.pt."""
     arch = ssl_arch(ctx.cfg, m)
     ckpt = Checkpointer(ctx.store, ctx.out.prefix, arch)
+    model.on_train_start()  # before train() loads a checkpoint, which brings this run's own state back
     result = train(model, model.param_groups(tcfg.lr), images, ssl_step(model, ctx.cfg, info["mean"], info["std"]),
                    tcfg, ckpt, seed=ctx.cfg.seed + _stage_seed(ctx), name=ctx.name, metrics=ctx.metrics,
                    collapse_std=model.collapse_std(), after_step=model.after_step, on_epoch_end=model.on_epoch_end)

@@ -98,7 +98,7 @@ def test_no_gradient_flows_through_the_statistics():
     assert torch.allclose(z1.grad, a.grad, atol=1e-6) and torch.allclose(z2.grad, b.grad, atol=1e-6)
 
 
-def test_strengths_are_zero_until_the_first_epoch_ends_and_survive_a_checkpoint():
+def test_strengths_are_zero_until_the_first_epoch_ends_survive_a_checkpoint_and_restart_with_training():
     model = _model()
     assert torch.equal(model.augment_strength(torch.tensor([0, 5])).strength, torch.zeros(2))
     g = torch.Generator().manual_seed(5)
@@ -114,6 +114,10 @@ def test_strengths_are_zero_until_the_first_epoch_ends_and_survive_a_checkpoint(
     resumed.load_state_dict(model.state_dict())
     for name in ("shadow", "seen", "strength", "new_strength"):
         assert torch.equal(getattr(resumed, name), getattr(model, name)), name
+    # A new training run (an expert started from these weights) indexes other images: its statistics start over.
+    resumed.on_train_start()
+    assert resumed.shadow.numel() == 0 and not resumed.seen.any()
+    assert torch.equal(resumed.augment_strength(torch.tensor([5, 0])).strength, torch.zeros(2))
     assert _model(rand_ops=0).augment_strength(torch.tensor([0])) is None
 
 
