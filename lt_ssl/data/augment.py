@@ -282,9 +282,10 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor, sigma_max: float) ->
 # RandAugment-style operations whose number and magnitude are set per sample (BCL's "memorization-boosted"
 # augmentation). Every op works on float (B,C,H,W) in [0,1] for any channel count and image size, batched: the
 # samples that drew an op are gathered and transformed together. Ranges are the BCL reference's table
-# (MediaBrain-SJTU/BCL data/randaug.py); magnitude 0 is the identity and 1 the most distorting end of each range, as
-# torchvision's RandAugment orders them (the reference's table runs Solarize, Posterize and the four enhance ops
-# from their strongest end at magnitude 0).
+# (MediaBrain-SJTU/BCL data/randaug.py). For the ops that have a magnitude, 0 is the identity and 1 the most
+# distorting end of the range, with a random sign for the signed ones, as torchvision's RandAugment orders them (the
+# reference's table runs Solarize, Posterize and the four enhance ops from their strongest end at magnitude 0);
+# auto_contrast, invert and equalize have none.
 
 EXTRA_OPS = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate",  # geometric: one affine resampling
              "auto_contrast", "invert", "equalize", "solarize", "posterize",
@@ -329,6 +330,7 @@ def extra_ops_(x: Tensor, extra: ExtraOps, generator: torch.Generator | None = N
         raise ValueError(f"extra ops need a (B,C,H,W) batch and (B,) strengths, got {tuple(x.shape)} and "
                          f"{tuple(extra.strength.shape)}")
     strength = extra.strength.to(device=x.device, dtype=torch.float32)
+    x = x.float()  # the base pipeline's blur leaves bf16 under CUDA autocast; grid_sample wants one dtype
     # float32 throughout: under bf16 autocast the affine grid and the sharpness conv would round to 8 bits.
     with torch.autocast(x.device.type, enabled=False):
         for _ in range(extra.num_ops):
