@@ -51,6 +51,21 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def nt_xent_per_view(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """NT-Xent's term for each of the 2B views (rows 0..B-1: first views, B..2B-1: second); their mean is nt_xent_loss.
+
+    z1, z2: (B, D) -> (2B,), computed in float32. Methods that weight or track samples (LoTaR, BCL) start here.
+    """
+    _check_pair(z1, z2, "z1 and z2")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=-1)  # (2B, D)
+    logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
 def distill_loss(pred_base: Tensor, target_base: Tensor, pred_expert: Tensor, target_expert: Tensor) -> Tensor:
     """Student distillation loss 0.5*MSE(base) + 0.5*MSE(expert) (seed paper Eq. 2).
 

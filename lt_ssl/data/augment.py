@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lt_ssl.config import AugmentConfig
+if TYPE_CHECKING:  # annotations only: methods import this module, and config imports methods
+    from lt_ssl.config import AugmentConfig
 
 # Speed notes, measured on CPU (the slowest place this runs): a fresh batch-sized buffer costs
 # several times an in-place pass over it, torch.where with a full-size mask several times a
@@ -39,6 +42,7 @@ def augment_batch(
     mean: Sequence[float],
     std: Sequence[float],
     generator: torch.Generator | None = None,
+    extra: ExtraOps | None = None,
 ) -> Tensor:
     """x: (B,3,H,W) uint8 -> (B,3,cfg.size,cfg.size) float32, one random view per sample, normalised.
 
@@ -47,6 +51,8 @@ def augment_batch(
     permutes it per call), grayscale, Gaussian blur, solarize, then (x - mean) / std. Parameters
     are drawn per sample as torchvision draws them per image; before normalisation values lie
     in [0, 1]. Every random number comes from `generator`, which must live on x.device.
+    `extra`: per-sample RandAugment-style operations after all of that, before normalisation (see
+    extra_ops_); their draws come after the base pipeline's, so None leaves the view unchanged.
     """
     _check_image_batch(x)
     if generator is not None and generator.device != x.device:
@@ -69,6 +75,8 @@ def augment_batch(
     if cfg.solarize_p > 0:
         solarize = (u[:, _SOLAR] < cfg.solarize_p).view(-1, 1, 1, 1) & (out >= _SOLARIZE_THRESHOLD)
         out = torch.where(solarize, 1.0 - out, out)
+    if extra is not None:
+        out = extra_ops_(out, extra, generator)
     return _normalize_(out, mean, std)
 
 
@@ -270,3 +278,159 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor, sigma_max: float) ->
         raise ValueError(f"blur needs a square output of side >= 3, got {height}x{width}")
     m = _blur_matrices(sigma.to(x.dtype), apply, radius, height).unsqueeze(1)  # (B,1,S,S)
     return (m @ x @ m.transpose(-1, -2)).clamp_(0.0, 1.0)
+
+
+# ------------------------------------------------------------------------- per-sample extra operations
+# RandAugment-style operations whose number and magnitude are set per sample (BCL's "memorization-boosted"
+# augmentation). Every op works on float (B,C,H,W) in [0,1] for any channel count and image size, batched: the
+# samples that drew an op are gathered and transformed together. Ranges are the BCL reference's table
+# (MediaBrain-SJTU/BCL data/randaug.py). For the ops that have a magnitude, 0 is the identity and 1 the most
+# distorting end of the range, with a random sign for the signed ones, as torchvision's RandAugment orders them (the
+# reference's table runs Solarize, Posterize and the four enhance ops from their strongest end at magnitude 0);
+# auto_contrast, invert and equalize have none.
+
+EXTRA_OPS = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate",  # geometric: one affine resampling
+             "auto_contrast", "invert", "equalize", "solarize", "posterize",
+             "contrast", "color", "brightness", "sharpness", "cutout")
+_NUM_GEOMETRIC = 5
+_SHEAR = 0.6  # shear factor at magnitude 1 (reference: ShearX/Y 0..0.6)
+_TRANSLATE = 0.66  # translation at magnitude 1, in image widths/heights (reference: 0..0.66)
+_ROTATE = 60.0  # degrees at magnitude 1 (reference: 0..60)
+_SOLARIZE_MIN = 110  # solarize threshold at magnitude 1, in 1/256 steps (reference: 0..110); 256 inverts nothing
+_POSTERIZE_MIN_BITS = 4  # bits kept at magnitude 1 (reference: 4..8)
+_ENHANCE = 0.9  # contrast/color/brightness/sharpness factor 1 +- 0.9 at magnitude 1 (reference: 0.1..1.9)
+_CUTOUT = 0.4  # cutout square side at magnitude 1, in image widths (reference: 0..0.4)
+_CUTOUT_FILL = (125, 123, 114)  # the reference's cutout colour (uint8 RGB); its mean for other channel counts
+
+
+@dataclass(frozen=True)
+class ExtraOps:
+    """Extra RandAugment-style operations with a strength w_i in [0, 1] per sample.
+
+    Each of num_ops rounds picks one of EXTRA_OPS uniformly for each sample and applies it with probability w_i,
+    at magnitude max_magnitude * w_i * U(0, 1): the reference's RandAugment_prob(k, 30 * w_i * U(0,1) / 30, p=w_i).
+    Strength 0 leaves a sample untouched; strength 1 applies every round at up to the full magnitude.
+    """
+
+    strength: Tensor  # (B,) in [0, 1]
+    num_ops: int = 1
+    max_magnitude: float = 1.0
+
+    def __post_init__(self):
+        if self.num_ops < 0 or not 0 <= self.max_magnitude <= 1:
+            raise ValueError(f"ExtraOps needs num_ops >= 0 and 0 <= max_magnitude <= 1, got {self.num_ops}, "
+                             f"{self.max_magnitude}")
+
+
+def extra_ops_(x: Tensor, extra: ExtraOps, generator: torch.Generator | None = None) -> Tensor:
+    """x: (B,C,H,W) float in [0,1] -> the same batch with extra's operations applied, still in [0,1].
+
+    Written into x where a sample is transformed (x is returned). One device sync per round (the op counts).
+    """
+    batch = x.shape[0]
+    if x.ndim != 4 or tuple(extra.strength.shape) != (batch,):
+        raise ValueError(f"extra ops need a (B,C,H,W) batch and (B,) strengths, got {tuple(x.shape)} and "
+                         f"{tuple(extra.strength.shape)}")
+    strength = extra.strength.to(device=x.device, dtype=torch.float32)
+    x = x.float()  # the base pipeline's blur leaves bf16 under CUDA autocast; grid_sample wants one dtype
+    # float32 throughout: under bf16 autocast the affine grid and the sharpness conv would round to 8 bits.
+    with torch.autocast(x.device.type, enabled=False):
+        for _ in range(extra.num_ops):
+            u = torch.rand(batch, 6, generator=generator, device=x.device)  # op, apply, magnitude, sign, cutout y, x
+            op = (u[:, 0] * len(EXTRA_OPS)).long().clamp_(max=len(EXTRA_OPS) - 1)
+            op = torch.where(u[:, 1] < strength, op, -1)  # -1: this round leaves the sample alone
+            magnitude = extra.max_magnitude * strength * u[:, 2]
+            sign = torch.where(u[:, 3] < 0.5, -1.0, 1.0)
+            counts = torch.bincount(op + 1, minlength=len(EXTRA_OPS) + 1).tolist()
+            groups = torch.argsort(op, stable=True).split(counts)  # groups[1 + k]: the samples that drew op k
+            geometric = torch.cat(groups[1:1 + _NUM_GEOMETRIC])
+            if geometric.numel():
+                x[geometric] = _affine(x[geometric], op[geometric], magnitude[geometric] * sign[geometric])
+            for k, rows in enumerate(groups[1 + _NUM_GEOMETRIC:], start=_NUM_GEOMETRIC):
+                if rows.numel():
+                    x[rows] = _pixel_op(EXTRA_OPS[k], x[rows], magnitude[rows], sign[rows], u[rows, 4:6])
+    return x
+
+
+def _affine(x: Tensor, op: Tensor, v: Tensor) -> Tensor:
+    """x: (n,C,H,W), op: (n,) in 0..4, v: (n,) signed magnitude -> sheared/translated/rotated about the centre.
+
+    Bilinear, zeros outside the image (PIL's fill; the reference samples nearest). affine_grid works in coordinates
+    normalised by the half sizes, so a pixel-space shear s becomes s * H / W (x) or s * W / H (y).
+    """
+    n, _, h, w = x.shape
+    angle = torch.deg2rad(_ROTATE * v) * (op == 4)  # 0 rad (identity) for the other four
+    cos, sin = angle.cos(), angle.sin()
+    shear, shift = _SHEAR * v, 2.0 * _TRANSLATE * v  # shift: a fraction of the side is twice that in [-1, 1] units
+    zero = torch.zeros_like(v)
+    theta = torch.stack([
+        torch.stack([cos, -sin * h / w + torch.where(op == 0, shear * h / w, zero), torch.where(op == 2, shift, zero)], 1),
+        torch.stack([sin * w / h + torch.where(op == 1, shear * w / h, zero), cos, torch.where(op == 3, shift, zero)], 1),
+    ], 1)  # (n,2,3)
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0.0, 1.0)
+
+
+def _grey(x: Tensor) -> Tensor:
+    """x: (n,C,H,W) -> (n,1,H,W): ITU-R 601 luma for RGB, the channel mean otherwise (a 1-channel image itself)."""
+    return _grayscale(x) if x.shape[1] == 3 else x.mean(dim=1, keepdim=True)
+
+
+def _pixel_op(name: str, x: Tensor, m: Tensor, sign: Tensor, at: Tensor) -> Tensor:
+    """One non-geometric op on (n,C,H,W) in [0,1]; m, sign: (n,) magnitudes in [0,1] and +-1; at: (n,2) uniforms."""
+    n, c, h, w = x.shape
+    m4, factor = m.view(-1, 1, 1, 1), (1.0 + _ENHANCE * m * sign).view(-1, 1, 1, 1)
+    if name == "auto_contrast":  # per channel, darkest -> 0 and brightest -> 1 (PIL's autocontrast, no cutoff)
+        lo, hi = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+        spread = hi - lo
+        return torch.where(spread > 0, (x - lo) / spread.clamp_min(1e-12), x).clamp_(0.0, 1.0)
+    if name == "invert":
+        return 1.0 - x
+    if name == "equalize":
+        return _equalize(x)
+    if name == "solarize":  # PIL inverts the 8-bit levels >= threshold
+        threshold = (256.0 - (256 - _SOLARIZE_MIN) * m4)
+        return torch.where(x * 255.0 >= threshold, 1.0 - x, x)
+    if name == "posterize":  # keep the top `bits` bits of the 8-bit level
+        step = torch.exp2(8.0 - torch.round(8.0 - (8 - _POSTERIZE_MIN_BITS) * m4))
+        return torch.floor(torch.round(x * 255.0) / step) * step / 255.0
+    if name == "contrast":  # PIL: blend with the mean grey level
+        mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
+        return (mean + factor * (x - mean)).clamp_(0.0, 1.0)
+    if name == "color":  # PIL: blend with the greyscale image; a 1-channel image is its own grey
+        grey = _grey(x)
+        return (grey + factor * (x - grey)).clamp_(0.0, 1.0)
+    if name == "brightness":  # PIL: blend with black
+        return (x * factor).clamp_(0.0, 1.0)
+    if name == "sharpness":  # PIL: blend with the 3x3 smoothed image, whose border pixels are the original's
+        if h < 3 or w < 3:
+            return x
+        kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device) / 13.0
+        smooth = x.clone()
+        smooth[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel.expand(c, 1, 3, 3), groups=c)
+        return (smooth + factor * (x - smooth)).clamp_(0.0, 1.0)
+    if name == "cutout":  # a square of side m * 0.4 * W at a uniform centre, clipped at the top/left edges as PIL
+        side = (_CUTOUT * w * m).view(-1, 1)
+        top = torch.clamp_min(at[:, :1] * h - side / 2, 0.0).floor()
+        left = torch.clamp_min(at[:, 1:] * w - side / 2, 0.0).floor()
+        rows = torch.arange(h, device=x.device, dtype=x.dtype)
+        cols = torch.arange(w, device=x.device, dtype=x.dtype)
+        inside = (((rows >= top) & (rows < top + side))[:, :, None] & ((cols >= left) & (cols < left + side))[:, None, :])
+        fill = torch.tensor(_CUTOUT_FILL if c == 3 else [sum(_CUTOUT_FILL) / 3] * c, device=x.device) / 255.0
+        return torch.where(inside[:, None], fill.view(1, c, 1, 1), x)
+    raise AssertionError(f"no such extra op {name!r}")
+
+
+def _equalize(x: Tensor) -> Tensor:
+    """x: (n,C,H,W) in [0,1] -> each channel's 8-bit histogram equalised (torchvision's equalize, PIL's lookup table)."""
+    n, c, h, w = x.shape
+    q = torch.round(x * 255.0).long().view(n * c, h * w)
+    hist = torch.zeros(n * c, 256, device=x.device).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float32))
+    levels = torch.arange(256, device=x.device, dtype=torch.float32)
+    top = ((hist > 0) * levels).argmax(dim=1, keepdim=True)  # the brightest level present
+    step = torch.floor((h * w - hist.gather(1, top)) / 255.0)  # (n*c, 1)
+    lut = torch.floor((hist.cumsum(dim=1) + torch.floor(step / 2)) / step.clamp_min(1.0))
+    lut = torch.cat([torch.zeros_like(step), lut[:, :-1]], dim=1).clamp_(0.0, 255.0)
+    # a channel with a single level (step 0) is left as it is, as torchvision does
+    out = torch.where(step > 0, lut.gather(1, q), q.float()) / 255.0
+    return out.view(n, c, h, w)

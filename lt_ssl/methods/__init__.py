@@ -9,6 +9,7 @@ from torch import nn
 
 from lt_ssl.errors import ConfigError
 from lt_ssl.methods.base import Batch, Method, Paper
+from lt_ssl.methods.bcl import BCL
 from lt_ssl.methods.distill import DistillStudent
 from lt_ssl.methods.gsimclr import GSimCLR
 from lt_ssl.methods.lotar import LoTaR
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "lotar": LoTaR,
     "sdclr": SDCLR,
+    "bcl": BCL,
     "gsimclr": GSimCLR,
 }
 DEFAULT_METHOD = "simsiam"  # the seed paper's method

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from lt_ssl.data.augment import ExtraOps
 from lt_ssl.schema import Section
 
 
@@ -69,6 +70,10 @@ class Method(nn.Module):
         """
         return []
 
+    def on_train_start(self) -> None:
+        """Called before training on a set of images, before a checkpoint of that run is loaded: per-sample state
+        keyed by Batch.idx starts over here (an expert started from the base model trains on other images)."""
+
     def after_step(self) -> None:
         """Called after each optimizer step (momentum/EMA targets)."""
 
@@ -83,3 +88,7 @@ class Method(nn.Module):
         """(n,) long: the order in which the loop visits the n training images this epoch, cut into batches
         in that order (the last ragged batch dropped). Default: a uniform shuffle."""
         return torch.randperm(n, generator=generator)
+
+    def augment_strength(self, idx: Tensor) -> ExtraOps | None:
+        """Extra augmentation for the samples idx (B,): a per-sample strength for every view; None = the plain recipe."""
+        return None

@@ -22,11 +22,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from lt_ssl.losses import embedding_std_tensor
+from lt_ssl.losses import embedding_std_tensor, nt_xent_per_view
 from lt_ssl.methods.base import Batch, Paper
 from lt_ssl.methods.simclr import SimCLR
 from lt_ssl.schema import Float, Section
@@ -50,15 +49,6 @@ def lotar_weights(d: Tensor) -> Tensor:
     if spread <= 1e-5 * d.abs().max():
         return torch.ones_like(d)
     return 1 + (d - d.mean()) / spread
-
-
-def nt_xent_per_view(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
-    """NT-Xent's term for each of the 2B views (rows 0..B-1: first views, B..2B-1: second). z1, z2: (B, D) -> (2B,)."""
-    b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=-1)  # (2B, D)
-    logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
-    return F.cross_entropy(logits, targets, reduction="none")
 
 
 class LoTaR(SimCLR):

@@ -108,7 +108,9 @@ def ssl_step(model: Method, cfg: Config, mean, std) -> Callable:
     """model.num_views independently augmented views of the same images (B,3,H,W) -> the method's outputs."""
 
     def step(x: Tensor, idx: Tensor, gen: torch.Generator, epoch: int, global_step: int, total_steps: int) -> dict:
-        views = [augment_batch(x, cfg.augment, mean, std, generator=gen) for _ in range(model.num_views)]  # (B,3,S,S)
+        extra = model.augment_strength(idx)  # per-sample extra operations, or None
+        views = [augment_batch(x, cfg.augment, mean, std, generator=gen, extra=extra)
+                 for _ in range(model.num_views)]  # (B,3,S,S)
         if x.device.type == "cuda":
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return model.loss(Batch(views, idx, epoch, global_step, total_steps))
@@ -127,6 +129,7 @@ def train_ssl(ctx: Context, model: Method, images: Tensor, tcfg: TrainConfig, m:
     if "pseudolabel" in model.needs_stages:
         labels = ctx.store.read_numpy("pseudolabel/labels.npy")
         model.set_pseudolabels(torch.from_numpy(labels if positions is None else labels[positions]))
+    model.on_train_start()  # before train() loads a checkpoint, which brings this run's own state back
     result = train(model, model.param_groups(tcfg.lr), images, ssl_step(model, ctx.cfg, info["mean"], info["std"]),
                    tcfg, ckpt, seed=ctx.cfg.seed + _stage_seed(ctx), name=ctx.name, metrics=ctx.metrics,
                    collapse_std=model.collapse_std(), after_step=model.after_step, on_epoch_end=model.on_epoch_end,
