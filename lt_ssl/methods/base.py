@@ -38,6 +38,7 @@ class Method(nn.Module):
     Config: ClassVar[type[Section]]
     paper: ClassVar[Paper]
     num_views: ClassVar[int] = 2
+    masks_patches: ClassVar[bool] = False  # drops patch tokens: needs a ViT backbone (patch_size, forward(x, keep))
 
     def __init__(self, backbone: nn.Module, cfg: Section):
         super().__init__()
