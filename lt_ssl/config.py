@@ -173,7 +173,7 @@ class Config(Section):
     plan: str = "recipe"  # the stage graph to run: a name in lt_ssl.pipeline.plan.PLANS (recipe | plain)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
-    backbone: Literal["small_cnn", "resnet18_cifar", "resnet18"] = "small_cnn"
+    backbone: Literal["small_cnn", "resnet18_cifar", "resnet18", "vit_tiny"] = "small_cnn"
     method: MethodConfig = Field(default_factory=_default_method)
     pretrain: TrainConfig = TrainConfig(epochs=40)
     cluster: ClusterConfig = ClusterConfig()

@@ -13,6 +13,7 @@ from lt_ssl.methods.bcl import BCL
 from lt_ssl.methods.distill import DistillStudent
 from lt_ssl.methods.gsimclr import GSimCLR
 from lt_ssl.methods.lotar import LoTaR
+from lt_ssl.methods.msn import MSN, PMSN
 from lt_ssl.methods.sdclr import SDCLR
 from lt_ssl.methods.simclr import SimCLR
 from lt_ssl.methods.simsiam import SimSiam
@@ -24,6 +25,8 @@ METHODS: dict[str, type[Method]] = {
     "sdclr": SDCLR,
     "bcl": BCL,
     "gsimclr": GSimCLR,
+    "msn": MSN,
+    "pmsn": PMSN,
 }
 DEFAULT_METHOD = "simsiam"  # the seed paper's method
 

@@ -43,6 +43,7 @@ class Method(nn.Module):
     # Optional stages of the plan (plan.py, `optional=True`) whose outputs this method reads; a run's plan
     # includes them only when one of its methods names them (contract.plan_of).
     needs_stages: ClassVar[tuple[str, ...]] = ()
+    masks_patches: ClassVar[bool] = False  # drops patch tokens: needs a ViT backbone (patch_size, forward(x, keep))
 
     def __init__(self, backbone: nn.Module, cfg: Section):
         super().__init__()

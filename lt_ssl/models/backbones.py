@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from lt_ssl.errors import ConfigError
@@ -55,10 +56,84 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
+def sincos_position_embedding(grid_h: int, grid_w: int, dim: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embedding (MAE / I-JEPA): (grid_h * grid_w, dim), row-major patch order.
+
+    Half the channels encode the row, half the column; each half is [sin(pos * w_i), cos(pos * w_i)] with
+    w_i = 10000^(-i / (dim / 4)), i < dim / 4.
+    """
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64),
+                                indexing="ij")
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos.flatten()[:, None] * omega[None]  # (N, dim / 4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
+class ViT(nn.Module):
+    """A Vision Transformer (pre-norm blocks, [CLS] token) whose features are the final-norm [CLS] token.
+
+    The position embedding is the fixed 2-D sine-cosine one, made for the grid of each input's size, so one
+    model takes 16, 28 or 32 px images (any side divisible by patch_size) with nothing sized at build time.
+    forward(x, keep) runs only the patch tokens listed in `keep` (patch indices, row-major): masked methods
+    (MSN) drop the other patches before the blocks, as facebookresearch/msn's deit.py does.
+    """
+
+    def __init__(self, patch_size: int, dim: int, depth: int, heads: int, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.out_dim = dim
+        self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=mlp_ratio * dim, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self._pos: dict[tuple[int, int], Tensor] = {}  # grid -> embedding, a cache, not state
+        nn.init.trunc_normal_(self.cls_token, std=0.02)  # DeiT's initialisation (msn's deit.py)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def num_patches(self, height: int, width: int) -> int:
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"image side {height}x{width} is not divisible by the ViT patch size {p}; "
+                             f"choose augment.size as a multiple of {p}")
+        return (height // p) * (width // p)
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """x: (B, 3, H, W); keep: optional (n,) long patch indices to run -> (B, out_dim)."""
+        self.num_patches(x.shape[-2], x.shape[-1])  # checks divisibility
+        tokens = self.patch_embed(x)  # (B, dim, H/p, W/p)
+        grid = (tokens.shape[-2], tokens.shape[-1])
+        if grid not in self._pos or self._pos[grid].device != x.device:
+            self._pos[grid] = sincos_position_embedding(*grid, self.out_dim).to(x.device)
+        tokens = tokens.flatten(2).transpose(1, 2) + self._pos[grid]  # (B, N, dim)
+        if keep is not None:
+            tokens = tokens[:, keep]
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.norm(self.blocks(tokens))[:, 0]
+
+
+def _vit_tiny() -> ViT:
+    # DeiT-Tiny's width and heads (192, 3) at a third of its depth (4 of 12 blocks) so it trains on 2 CPU cores;
+    # patch 4 gives 4x4, 7x7 and 8x8 grids on 16, 28 and 32 px images.
+    return ViT(patch_size=4, dim=192, depth=4, heads=3)
+
+
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "resnet18_cifar": lambda: _resnet18(cifar_stem=True),
     "resnet18": lambda: _resnet18(cifar_stem=False),
     "small_cnn": SmallCNN,
+    "vit_tiny": _vit_tiny,
 }
 
 

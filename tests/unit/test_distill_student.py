@@ -23,6 +23,17 @@ def test_forward_shapes():
     assert preds.shape == (K + 1, B, T)
 
 
+@pytest.mark.parametrize("side", [16, 28])
+def test_a_vit_student_carries_the_k_plus_1_heads_and_trains(side):
+    torch.manual_seed(0)
+    student = DistillStudent(build_backbone("vit_tiny"), num_heads=K + 1, target_dim=T, hidden_dim=16)
+    x = torch.randn(B, 3, side, side)
+    q, preds = student(x)
+    assert q.shape == (B, student.backbone.out_dim) and preds.shape == (K + 1, B, T)
+    student.loss(x, torch.arange(B) % K, torch.randn(B, T), torch.randn(B, T)).backward()
+    assert student.backbone.patch_embed.weight.grad is not None
+
+
 def test_loss_gathers_each_images_own_expert_head():
     student = _student().eval()  # eval: BN uses running stats, so the per-image loop below sees the same function
     g = torch.Generator().manual_seed(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -15,8 +17,9 @@ from lt_ssl.models import (
     simsiam_predictor,
     simsiam_projector,
 )
+from lt_ssl.models.backbones import sincos_position_embedding
 
-EXPECTED_DIMS = {"resnet18_cifar": 512, "resnet18": 512, "small_cnn": 256}
+EXPECTED_DIMS = {"resnet18_cifar": 512, "resnet18": 512, "small_cnn": 256, "vit_tiny": 192}
 
 
 def test_every_backbone_has_an_expected_dim():
@@ -31,6 +34,25 @@ def test_output_shape_and_out_dim(name, side):
     with torch.no_grad():
         out = net(torch.randn(2, 3, side, side))
     assert out.shape == (2, net.out_dim)
+
+
+def test_sincos_position_embedding_by_hand():
+    # dim 4: one frequency (10000^0 = 1); each patch is [sin(row), cos(row), sin(col), cos(col)], row-major.
+    emb = sincos_position_embedding(2, 2, 4)
+    expected = [[math.sin(r), math.cos(r), math.sin(c), math.cos(c)] for r in (0, 1) for c in (0, 1)]
+    assert torch.allclose(emb, torch.tensor(expected), atol=1e-6)
+
+
+def test_vit_takes_any_side_divisible_by_its_patch_and_only_the_kept_patches():
+    vit = build_backbone("vit_tiny").eval()
+    with torch.no_grad():
+        assert vit(torch.randn(2, 3, 28, 28)).shape == (2, 192)
+        x = torch.randn(1, 3, 16, 16)
+        x_changed = x.clone()
+        x_changed[..., :4, :4] += 5.0  # patch 0 only
+        keep = torch.arange(1, 16)  # patch 0 dropped: its pixels cannot matter
+        assert torch.allclose(vit(x, keep=keep), vit(x_changed, keep=keep))
+        assert not torch.allclose(vit(x), vit(x_changed))
 
 
 def test_cifar_stem():
@@ -66,8 +88,8 @@ def test_channels_last_backward():
 
 
 def test_unknown_backbone_lists_known_ones():
-    with pytest.raises(ConfigError, match="resnet18, resnet18_cifar, small_cnn"):
-        build_backbone("vit_tiny")
+    with pytest.raises(ConfigError, match="resnet18, resnet18_cifar, small_cnn, vit_tiny"):
+        build_backbone("vit_huge")
 
 
 def test_head_shapes():
