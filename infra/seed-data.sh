@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Uploads CIFAR, if you have it, into the cluster's MinIO at the shared dataset prefixes:
+# Uploads the datasets you have into the cluster's MinIO at the shared dataset prefixes:
 #   DIR/cifar-10-batches-py/ -> s3://lt-ssl/datasets/cifar-10-batches-py/
 #   DIR/cifar-100-python/    -> s3://lt-ssl/datasets/cifar-100-python/
-# (DIR as extracted from the official python-version tarballs.) Nothing is downloaded: the
-# quickstart needs no dataset (scikit-learn's bundled digits), so no DIR means nothing to do.
+#   $FASHION_MNIST_DIR       -> s3://lt-ssl/datasets/fashion-mnist/   (the regression cron's Fashion-MNIST cell)
+# (DIR as extracted from the official python-version tarballs; FASHION_MNIST_DIR defaults to where Debian's
+# dataset-fashion-mnist package puts the IDX files, and is skipped when absent.) Nothing is downloaded: the
+# quickstart needs no dataset (scikit-learn's bundled digits), so neither means nothing to do.
 # Usage: infra/seed-data.sh [DIR]
 # Env: KUBE_CONTEXT (default: current context), SEED_UPLOADER=aws|python. S3_ENDPOINT=http://HOST:PORT skips the
 #      port-forward and uses AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the environment.
+#      FASHION_MNIST_DIR (default /usr/share/datasets/fashion-mnist).
 # Idempotent: objects already present with the same size are skipped.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -14,16 +17,21 @@ set -euo pipefail
 
 bucket=lt-ssl
 src="${1:-}"
-if [[ -z "$src" ]]; then
-  log "no dataset folder given: nothing to seed (the quickstart uses scikit-learn's bundled digits)"
+fashion="${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+# Folders to upload and their names under datasets/, pairwise.
+uploads=()
+if [[ -n "$src" ]]; then
+  [[ -d "$src" ]] || die "$src is not a folder"
+  for name in cifar-10-batches-py cifar-100-python; do
+    [[ -d "$src/$name" ]] && uploads+=("$src/$name" "$name")
+  done
+  ((${#uploads[@]})) || die "$src holds neither cifar-10-batches-py/ nor cifar-100-python/"
+fi
+[[ -d "$fashion" ]] && uploads+=("$fashion" fashion-mnist)
+if ! ((${#uploads[@]})); then
+  log "no dataset folder given and no $fashion: nothing to seed (the quickstart uses scikit-learn's bundled digits)"
   exit 0
 fi
-[[ -d "$src" ]] || die "$src is not a folder"
-sets=()
-for name in cifar-10-batches-py cifar-100-python; do
-  [[ -d "$src/$name" ]] && sets+=("$name")
-done
-((${#sets[@]})) || die "$src holds neither cifar-10-batches-py/ nor cifar-100-python/"
 
 # An uploader: the aws CLI, else Python with boto3 (the repo's .venv has it).
 python="${PYTHON:-}"
@@ -73,13 +81,14 @@ else
 fi
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 
-for name in "${sets[@]}"; do
+for ((i = 0; i < ${#uploads[@]}; i += 2)); do
+  dir="${uploads[i]}" name="${uploads[i + 1]}"
   dest="s3://$bucket/datasets/$name/"
-  log "uploading $src/$name -> $dest"
+  log "uploading $dir -> $dest"
   if [[ "$uploader" == aws ]]; then
-    aws --endpoint-url "$endpoint" s3 sync --only-show-errors "$src/$name" "$dest"
+    aws --endpoint-url "$endpoint" s3 sync --only-show-errors "$dir" "$dest"
   else
-    "$python" - "$endpoint" "$bucket" "$src/$name" "datasets/$name/" <<'PY'
+    "$python" - "$endpoint" "$bucket" "$dir" "datasets/$name/" <<'PY'
 import os, sys
 import boto3
 endpoint, bucket, root, prefix = sys.argv[1:]

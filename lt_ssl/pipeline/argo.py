@@ -273,16 +273,19 @@ def exit_handler(kind: str) -> list:
 # ---------------------------------------------------------------------------------------- parameters
 
 
-def parameters(config: str, *extra: Parameter) -> list[Parameter]:
+def parameters(config: str | None) -> list[Parameter]:
+    """The workflow parameters; no `config` where the workflow fixes its configs itself (the regression cells)."""
     params = [
         Parameter(name="config", value=config, description=f"YAML run config inside the image ({CONFIGS}/...)"),
+    ] if config else []
+    params += [
         Parameter(name="overrides", value="", description="key=value config overrides in one string, e.g. 'cluster.k=8 seed=1'"),
         Parameter(name="image", value=CPU_IMAGE, description="trainer image: lt-ssl:cpu, or lt-ssl:cuda with gpus >= 1"),
         Parameter(name="bucket", value=BUCKET, description="S3 bucket holding runs/<run-id>/"),
         Parameter(name="run-id", value="{{workflow.name}}", description="run folder under runs/; reuse one to resume it"),
         Parameter(name="gpus", value="0", description="GPUs per training pod (0: CPU only)"),
     ]
-    return params + list(extra)
+    return params
 
 
 def common_spec(kind: str, deadline_s: int) -> dict[str, Any]:
@@ -345,32 +348,59 @@ def lt_ssl_stages() -> WorkflowTemplate:
 
 def regression_compare_template() -> Container:
     argv = ["compare", "--run", inp("run"), "--baseline", inp("baseline"), "--outputs-dir", OUTPUTS_DIR]
+    # `variant` tells the cells' gauges apart: one series per cell, not one the cells overwrite.
+    labels = [Label(key="status", value="{{status}}"), Label(key="variant", value=inp("variant"))]
     return lt_ssl_container(
         "compare", argv, gpu=False,
-        inputs=[Parameter(name="run"), Parameter(name="baseline")],
+        inputs=[Parameter(name="run"), Parameter(name="baseline"), Parameter(name="variant")],
         outputs=[Parameter(name="worst_drop", value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/worst_drop")),
                  Parameter(name="regressed", value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/regressed"))],
         # No `when`: a regression fails this step, and that is exactly when the numbers matter.
         metrics=[
             Gauge(name="lt_ssl_regression_worst_drop_ratio",
                   help="Largest accuracy drop (0..1) of the regression run below its baseline; negative: all improved.",
-                  labels=[Label(key="status", value="{{status}}")],
-                  value="{{outputs.parameters.worst_drop}}", realtime=False),
+                  labels=labels, value="{{outputs.parameters.worst_drop}}", realtime=False),
             Gauge(name="lt_ssl_regression_regressed_metrics",
                   help="Number of metrics of the regression run that dropped beyond their tolerance.",
-                  labels=[Label(key="status", value="{{status}}")],
-                  value="{{outputs.parameters.regressed}}", realtime=False),
+                  labels=labels, value="{{outputs.parameters.regressed}}", realtime=False),
         ],
         never_retry=(*NEVER_RETRY, EXIT_REGRESSED),
     )
 
 
+# The regression benchmark's cells: name (run folder and metrics `variant`), config and baseline in the image,
+# overrides the cell needs on the cluster. Digits ship with scikit-learn; Fashion-MNIST is read from the bucket,
+# where infra/seed-data.sh uploads Debian's dataset-fashion-mnist files (the image does not carry them).
+REGRESSION_CELLS = (
+    ("digits", "regression.yaml", "regression_baseline.json", ""),
+    ("fashion-mnist", "regression_fmnist.yaml", "regression_fmnist_baseline.json",
+     "data.root=s3://{{workflow.parameters.bucket}}/datasets/fashion-mnist"),
+)
+
+
+def regression_cell_dag(plan: Plan) -> DAG:
+    """One cell: the plan's stages, then `lt-ssl compare` once every last stage (none depends on it) is done."""
+    tasks = pipeline_tasks(plan, inp("run"), inp("config"), inp("overrides"), inp("variant"))
+    needed = {n for s in plan.stages for n in plan.depends(s.name)}
+    last = [s.name for s in plan.stages if s.name not in needed]
+    tasks.append(Task(name="compare", template="compare", depends=" && ".join(last),
+                      arguments={"run": inp("run"), "baseline": inp("baseline"), "variant": inp("variant")}))
+    return DAG(name="cell", fail_fast=False, tasks=tasks,
+               inputs=[Parameter(name=n) for n in ("run", "config", "overrides", "baseline", "variant")])
+
+
 def regression_cron() -> CronWorkflow:
-    """Nightly: the regression config through the same stages, then `lt-ssl compare` against a baseline."""
+    """Nightly: each regression cell's config through the same stages, then `lt-ssl compare` against its baseline.
+    The cells are independent tasks of a failFast-off DAG: one failing (or regressing) never stops or hides the
+    other, and the workflow fails when either does."""
     kind = "regression"
-    tasks = pipeline_tasks(RECIPE, RUN_URI, CONFIG, OVERRIDES, "regression")
-    tasks.append(Task(name="compare", template="compare", depends="evaluate",
-                      arguments={"run": RUN_URI, "baseline": "{{workflow.parameters.baseline}}"}))
+    cells = [Task(name=name, template="cell", arguments={
+        "run": f"{RUN_URI}/{name}",
+        "config": f"{CONFIGS}/{config}",
+        "overrides": f"{overrides} {OVERRIDES}".strip(),  # the user's last, so they win
+        "baseline": f"{CONFIGS}/{baseline}",
+        "variant": f"{kind}-{name}",
+    }) for name, config, baseline, overrides in REGRESSION_CELLS]
     return CronWorkflow(
         name="lt-ssl-regression",
         labels=LABELS | {"app.kubernetes.io/component": kind},
@@ -381,10 +411,9 @@ def regression_cron() -> CronWorkflow:
         successful_jobs_history_limit=7,
         failed_jobs_history_limit=14,
         entrypoint="main",
-        arguments=parameters(f"{CONFIGS}/regression.yaml", Parameter(
-            name="baseline", value=f"{CONFIGS}/regression_baseline.json",
-            description="baseline JSON that `lt-ssl compare` holds the run to")),
-        templates=[main_dag(tasks), *stage_templates(RECIPE), regression_compare_template(), *exit_handler(kind)],
+        arguments=parameters(None),
+        templates=[main_dag(cells), regression_cell_dag(RECIPE), *stage_templates(RECIPE),
+                   regression_compare_template(), *exit_handler(kind)],
         **common_spec(kind, deadline_s=4 * 3600),
     )
 

@@ -85,7 +85,21 @@ def test_missing_tools_give_one_clear_line(bare_path, argv, message):
     assert len(lines) == 1 and lines[0].startswith(message), out.stderr
 
 
-def test_seed_without_a_dataset_is_a_no_op(bare_path):
-    out = run("bash", "infra/seed-data.sh", env={"PATH": bare_path})
+def test_seed_without_a_dataset_is_a_no_op(bare_path, tmp_path):
+    out = run("bash", "infra/seed-data.sh", env={"PATH": bare_path, "FASHION_MNIST_DIR": str(tmp_path / "none")})
     assert out.returncode == 0, out.stderr
     assert "nothing to seed" in out.stderr
+
+
+def test_seed_uploads_fashion_mnist_where_the_regression_cron_reads_it(bare_path, tmp_path):
+    """Debian's Fashion-MNIST folder goes to the prefix the cron's fashion-mnist cell reads (data.root)."""
+    from lt_ssl.pipeline.argo import REGRESSION_CELLS
+
+    (tmp_path / "fm").mkdir()
+    # No aws CLI on the bare PATH: the upload itself fails, after the script said what it would upload where.
+    out = run("bash", "infra/seed-data.sh", env={"PATH": bare_path, "FASHION_MNIST_DIR": str(tmp_path / "fm"),
+                                                  "SEED_UPLOADER": "aws", "S3_ENDPOINT": "http://127.0.0.1:9"})
+    assert out.returncode != 0
+    assert f"uploading {tmp_path / 'fm'} -> s3://lt-ssl/datasets/fashion-mnist/" in out.stderr, out.stderr
+    (overrides,) = [o for name, _, _, o in REGRESSION_CELLS if name == "fashion-mnist"]
+    assert overrides.replace("{{workflow.parameters.bucket}}", "lt-ssl") == "data.root=s3://lt-ssl/datasets/fashion-mnist"

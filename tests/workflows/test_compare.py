@@ -11,6 +11,7 @@ from lt_ssl import compare
 from lt_ssl.cli import build_parser
 from lt_ssl.errors import ConfigError, StageError
 from lt_ssl.pipeline import validate
+from lt_ssl.pipeline.argo import REGRESSION_CELLS
 from lt_ssl.store import open_store
 
 from .conftest import REPO
@@ -126,11 +127,15 @@ def test_nan_current_counts_as_regressed(tmp_path):
     assert (out / "worst_drop").read_text() == "1"
 
 
-def placeholder_problems(raw: dict) -> list[str]:
+# The regression cron's baselines and the configs they were measured with: one pair per cell.
+BASELINES = {f"configs/{baseline}": f"configs/{config}" for _, config, baseline, _ in REGRESSION_CELLS}
+
+
+def placeholder_problems(raw: dict, config: str = "configs/regression.yaml") -> list[str]:
     """Why a baseline file is not a measured one (empty: it is)."""
     problems = []
-    if raw.get("config") != "configs/regression.yaml" or not (raw.get("tolerance", -1) >= 0):
-        problems.append("config must be configs/regression.yaml and tolerance >= 0")
+    if raw.get("config") != config or not (raw.get("tolerance", -1) >= 0):
+        problems.append(f"config must be {config} and tolerance >= 0")
     if not raw.get("metrics"):
         problems.append("no metrics: a placeholder")
     if "TODO" in raw or not raw.get("measured") or not raw.get("config_hash"):
@@ -142,9 +147,10 @@ def placeholder_problems(raw: dict) -> list[str]:
     return problems
 
 
-def test_committed_baseline_is_well_formed_and_not_a_placeholder():
-    raw = json.loads((REPO / "configs" / "regression_baseline.json").read_text())
-    assert placeholder_problems(raw) == []
+@pytest.mark.parametrize("path", BASELINES)
+def test_committed_baseline_is_well_formed_and_not_a_placeholder(path):
+    raw = json.loads((REPO / path).read_text())
+    assert placeholder_problems(raw, BASELINES[path]) == []
 
 
 @pytest.mark.parametrize("placeholder", [
@@ -157,9 +163,10 @@ def test_a_placeholder_baseline_is_caught(placeholder):
     assert placeholder_problems(placeholder)
 
 
-def test_committed_baseline_was_measured_with_the_committed_regression_config():
+@pytest.mark.parametrize("path", BASELINES)
+def test_committed_baseline_was_measured_with_the_committed_regression_config(path):
     from lt_ssl.config import config_hash, load_config
 
-    raw = json.loads((REPO / "configs" / "regression_baseline.json").read_text())
+    raw = json.loads((REPO / path).read_text())
     if raw["metrics"]:  # a changed regression config needs a newly measured baseline
-        assert raw["config_hash"] == config_hash(load_config(REPO / "configs" / "regression.yaml"))
+        assert raw["config_hash"] == config_hash(load_config(REPO / BASELINES[path]))

@@ -26,7 +26,7 @@ def test_misspelled_field_is_caught(obj):
 
 def test_misspelled_container_field_is_caught(obj):
     o = obj("regression_cron.yaml")
-    o["spec"]["workflowSpec"]["templates"][1]["container"]["imagePullPolice"] = "Always"
+    next(t for t in o["spec"]["workflowSpec"]["templates"] if "container" in t)["container"]["imagePullPolice"] = "Always"
     assert any("imagePullPolice" in p for p in validate.schema_problems(o))
 
 

@@ -15,7 +15,7 @@ from .conftest import FILES, REPO, spec_of, templates_of
 RECIPE = PLANS["recipe"]
 # Which plan a committed file's pipeline DAG runs (the experiment files' grids: test_experiment_workflows.py).
 PLAN_OF = {"cluster_distill.yaml": ("main", "recipe"), "lt_ssl_stages.yaml": ("main", "recipe"),
-           "regression_cron.yaml": ("main", "recipe"), "experiment_exp1_imbalance.yaml": ("pipeline", "plain"),
+           "regression_cron.yaml": ("cell", "recipe"), "experiment_exp1_imbalance.yaml": ("pipeline", "plain"),
            "experiment_exp2_cluster_distill.yaml": ("pipeline", "recipe")}
 
 
@@ -277,8 +277,15 @@ def test_cron(committed):
     s = o["spec"]
     assert s["schedules"] and s["timezone"] == "UTC" and s["concurrencyPolicy"] == "Forbid"
     assert s["startingDeadlineSeconds"] > 0 and s["successfulJobsHistoryLimit"] > 0 and s["failedJobsHistoryLimit"] > 0
-    compare = dag(o)["compare"]
+    compare = dag(o, "cell")["compare"]
     assert compare["depends"] == "evaluate"
+    # The cells run side by side: none waits for another and failFast is off, so a failed or regressed cell
+    # neither stops nor hides the others' results.
+    main = templates_of(o)["main"]
+    cells = dag(o)
+    assert len(cells) == len(argo.REGRESSION_CELLS) and not any("depends" in t for t in cells.values())
+    assert main["dag"]["failFast"] is False and all(t["template"] == "cell" for t in cells.values())
+    assert len({t["arguments"]["parameters"][0]["value"] for t in cells.values()}) == len(cells)  # distinct runs
     gauges = {g["name"]: g for g in templates_of(o)["compare"]["metrics"]["prometheus"]}
     assert gauges["lt_ssl_regression_worst_drop_ratio"]["gauge"]["value"] == "{{outputs.parameters.worst_drop}}"
 

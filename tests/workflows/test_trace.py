@@ -182,14 +182,22 @@ def test_stages_template_runs_the_same_commands(committed):
 
 
 def test_regression_cron_runs_the_stages_then_compare(committed, monkeypatch, tmp_path):
+    """Every cell: the local runner's commands for its config and overrides in its own run folder, then
+    `lt-ssl compare` against its own baseline."""
+    from lt_ssl.pipeline.argo import CONFIGS, REGRESSION_CELLS
+
     o = committed["regression_cron.yaml"]
-    got = lt_ssl_only(Trace(o, {}, [0, 1]).trace())
-    run_uri = f"s3://lt-ssl/runs/{WF_NAME}"
-    stages = local_commands(monkeypatch, tmp_path, run_uri, "/app/configs/regression.yaml", "", [0, 1])
-    compare = ["lt-ssl", "compare", "--run", run_uri, "--baseline", "/app/configs/regression_baseline.json",
-               "--outputs-dir", plan.OUTPUTS_DIR]
-    assert [normalised(c) for c in got] == [normalised(c) for c in [*stages, compare]]
-    assert normalised(compare)["command"] == "compare"
+    got = lt_ssl_only(Trace(o, {"overrides": "seed=0"}, [0, 1]).trace())
+    want = []
+    for name, config, baseline, overrides in REGRESSION_CELLS:
+        run_uri = f"s3://lt-ssl/runs/{WF_NAME}/{name}"
+        cell_overrides = f"{overrides.replace('{{workflow.parameters.bucket}}', 'lt-ssl')} seed=0"
+        want += local_commands(monkeypatch, tmp_path / name, run_uri, f"{CONFIGS}/{config}", cell_overrides, [0, 1])
+        want.append(["lt-ssl", "compare", "--run", run_uri, "--baseline", f"{CONFIGS}/{baseline}",
+                     "--outputs-dir", plan.OUTPUTS_DIR])
+    assert [normalised(c) for c in got] == [normalised(c) for c in want]
+    assert len({c[c.index("--run") + 1] for c in got}) == len(REGRESSION_CELLS)  # one run folder per cell
+    assert any("data.root=s3://lt-ssl/datasets/fashion-mnist" in a for c in got for a in c)  # read from the bucket
 
 
 def test_experiment_runs_each_cells_plan(committed, monkeypatch, tmp_path):
