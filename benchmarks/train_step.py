@@ -47,6 +47,7 @@ from lt_ssl.methods import Batch, build  # noqa: E402
 from lt_ssl.models import build_backbone  # noqa: E402
 from lt_ssl.optim import build_optimizer, scaled_lr  # noqa: E402
 from lt_ssl.pipeline.stages import new_method, ssl_step  # noqa: E402
+os.environ.setdefault("LT_SSL_CPU_BF16", "1")  # measure the opt-in CPU bf16 path too (ours_float32 is the default)
 from lt_ssl.train import bf16_native, step_autocast  # noqa: E402
 
 # The quickstart's SimSiam heads on the small CNN; SimSiam's CIFAR variant (configs/cifar10_lt.yaml) on ResNet-18.

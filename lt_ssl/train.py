@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import math
 import signal
 import sys
@@ -73,16 +74,24 @@ def step_autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16_native(device) else contextlib.nullcontext()
 
 
-def bf16_native(device: torch.device) -> bool:
-    """Whether training steps run under bf16 autocast: on CUDA, and on CPUs with native bf16 (AVX512-BF16 or AMX).
+CPU_BF16_ENV = "LT_SSL_CPU_BF16"  # "1": bf16 autocast on CPUs with native bf16 too (opt-in, see bf16_native)
 
-    Other CPUs keep float32: oneDNN would emulate bf16 there (not measured here, no such CPU at hand).
-    Measured with benchmarks/train_step.py (benchmarks/README.md): SimSiam training 1.46x (small CNN, 16 px)
-    to 1.95x (ResNet-18, 32 px) faster on an AVX512-BF16 CPU; quickstart accuracies no lower than
-    float32's (one run each). Losses compute in float32 (losses.py); augment_batch always runs in float32.
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether training steps run under bf16 autocast: on CUDA always; on a CPU only with LT_SSL_CPU_BF16=1 and
+    native bf16 (AVX512-BF16 or AMX; elsewhere oneDNN would emulate it).
+
+    Why opt-in on CPU: a CPU run's numbers would otherwise depend on which CPU it ran on (the same config gives
+    other accuracies, other k-means ids, on a machine with and without native bf16), and the committed
+    baselines and tables are float32. Measured with benchmarks/train_step.py (benchmarks/README.md): SimSiam
+    training 1.46x (small CNN, 16 px) to 1.95x (ResNet-18, 32 px) faster on an AVX512-BF16 CPU; quickstart
+    accuracies no lower than float32's (one run each). Losses compute in float32 (losses.py); augment_batch
+    always runs in float32. Like `device`, it is a runtime choice, not part of a run's config_hash.
     """
     if device.type == "cuda":
         return True
+    if os.environ.get(CPU_BF16_ENV) != "1":
+        return False
     try:
         return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
