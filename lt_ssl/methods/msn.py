@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from lt_ssl.errors import ConfigError
 from lt_ssl.methods.base import Batch, Method, Paper
+from lt_ssl.models.heads import mlp_layers
 from lt_ssl.schema import Float, Section
 
 
@@ -144,6 +145,9 @@ class MSN(Method):
     @staticmethod
     def make_prior(cfg: MSNConfig) -> Tensor:
         return torch.full((cfg.num_prototypes,), 1.0 / cfg.num_prototypes)
+
+    def projection_layers(self) -> list[nn.Module]:
+        return mlp_layers(self.projector)  # the online projector; the prototypes are not a feature layer
 
     def param_groups(self, base_lr: float) -> list[dict]:
         """Every trained parameter; the EMA target is not trained."""

@@ -16,6 +16,7 @@ from lt_ssl.errors import ConfigError, DataError
 from lt_ssl.evaluate import (assert_unchanged, extract_features, finetune, fit_linear, head_features, linear_probe,
                              state_snapshot)
 from lt_ssl.methods import METHODS, Method
+from lt_ssl.models import build_backbone
 from lt_ssl.models.heads import mlp_layers, simclr_projector, simsiam_projector
 
 
@@ -75,10 +76,11 @@ def test_head_features_match_the_head_layers_run_by_hand() -> None:
 
 def test_methods_expose_their_projection_head_and_the_student_has_none() -> None:
     for name, cls in METHODS.items():
-        model = cls(_Backbone(), cls.Config())
+        backbone = build_backbone("vit_tiny") if cls.masks_patches else _Backbone()  # MSN/PMSN need patches
+        model = cls(backbone, cls.Config())
         layers = model.projection_layers()
         assert layers, f"{name} has a projection head but exposes no layers"
-        x = torch.randn(4, _Backbone.out_dim)
+        x = torch.randn(4, backbone.out_dim)
         model.eval()
         with torch.no_grad():  # the layers in order are the whole projector
             assert torch.allclose(nn.Sequential(*layers)(x), model.projector(x))
