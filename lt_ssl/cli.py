@@ -13,9 +13,6 @@ from .errors import EXIT_UNEXPECTED, LtSslError
 from .pipeline.plan import CONFIG_STAGES, OUTPUT_FLAGS, STAGE_NAMES
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
-# `lt-ssl run`'s default stage processes at once: more than 4 rarely has work (the recipe's widest point is the
-# baseline beside the experts) and each process holds its own copy of the data.
-MAX_DEFAULT_WORKERS = 4
 
 
 def _split_overrides(items: list[str]) -> list[str]:
@@ -37,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="run URI (file:///abs/path or s3://bucket/prefix); reuse one to resume")
     p.add_argument("--workers", type=int, default=None,
                    help="stage processes at once (independent stages, one expert per cluster), sharing the cores; "
-                        f"default: the cores (LT_SSL_THREADS or the CPU count), at most {MAX_DEFAULT_WORKERS}")
+                        "default: the cores (LT_SSL_THREADS or the CPU count), at most 4")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. cluster.k=4 imbalance=100")
 
     s = sub.add_parser("stage", parents=[common], help="run one stage under the stage contract")
@@ -65,9 +62,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.workers is not None and args.workers < 1:
             raise LtSslError(f"--workers must be >= 1, got {args.workers}")
-        cores = int(os.environ.get("LT_SSL_THREADS") or os.cpu_count() or 1)
-        workers = args.workers or min(cores, MAX_DEFAULT_WORKERS)
-        return run(args.config, _split_overrides(args.overrides), args.run, workers, args.device, args.debug)
+        return run(args.config, _split_overrides(args.overrides), args.run, args.workers, args.device, args.debug)
     if args.command == "stage":
         from .config import load_config
         from .pipeline.stages import run_stage

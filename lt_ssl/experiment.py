@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from .config import _resolve_key, config_hash, load_config
+from .pipeline.local import cores
 from .pipeline.plan import PLANS
 from .pipeline.report import eval_order
 from .errors import ConfigError, LtSslError
@@ -121,7 +122,7 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
         raise ConfigError(f"experiment `name` must be lower-case letters, digits, '_' or '-', got {name!r}")
     if not isinstance(config, str) or not config:
-        raise ConfigError(f"experiment `config` must name the base run config file, e.g. configs/quickstart.yaml")
+        raise ConfigError("experiment `config` must name the base run config file, e.g. configs/quickstart.yaml")
     common = _strings(raw.get("overrides"), "experiment `overrides`")
 
     variants: dict[str, Variant] = {}
@@ -222,8 +223,7 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
             continue
         todo.append(cell)
     pool = max(1, min(parallel, len(todo)))
-    threads = int(os.environ.get("LT_SSL_THREADS") or os.cpu_count() or 1)
-    threads = max(1, threads // pool)  # as the local runner's expert pool: share the cores, do not oversubscribe
+    threads = max(1, cores() // pool)  # as the local runner does: share the cores, do not oversubscribe
 
     def one(cell: Cell) -> int:
         cmd = [sys.executable, "-m", "lt_ssl", "run", "--config", exp.config, "--run", cell_uri(prefix, cell)]

@@ -50,14 +50,26 @@ def default_run_uri(name: str) -> str:
     return Path("runs", f"{name}-{stamp}").resolve().as_uri()
 
 
-def run(config: str, overrides: list[str], run_uri: str | None, workers: int, device: str | None, debug: bool) -> int:
+# Default stage processes at once: more than 4 rarely has work (the recipe's widest point is the baseline beside
+# the experts) and each process holds its own copy of the data.
+MAX_DEFAULT_WORKERS = 4
+
+
+def cores() -> int:
+    """The cores this runner may use: LT_SSL_THREADS (a parent runner's share of the machine), else the CPU count."""
+    return int(os.environ.get("LT_SSL_THREADS") or os.cpu_count() or 1)
+
+
+def run(config: str, overrides: list[str], run_uri: str | None, workers: int | None, device: str | None,
+        debug: bool) -> int:
     cfg = load_config(config, overrides)  # fail on a bad config before any process starts
     run_uri = normalize_uri(run_uri) if run_uri else default_run_uri(cfg.name)
     store = open_store(run_uri)
     print(f"run: {run_uri}", file=sys.stderr)
     write_config_once(store, cfg)  # refuses a different config for an existing run before anything runs
     chash = config_hash(cfg)
-    cpus = int(os.environ.get("LT_SSL_THREADS") or os.cpu_count() or 1)  # `experiment --parallel` shares the cores
+    cpus = cores()
+    workers = workers or min(cpus, MAX_DEFAULT_WORKERS)
 
     def pending(stage: str, cluster: int | None = None) -> bool:
         # Checked here, without starting a process: resuming a long run costs no torch imports.
