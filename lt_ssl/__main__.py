@@ -1,3 +1,4 @@
 from lt_ssl.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when multiprocessing re-imports the main module in a child
+    raise SystemExit(main())

@@ -1,19 +1,27 @@
-"""`lt-ssl run`: the run's plan as `lt-ssl stage` subprocesses, scheduled like Argo schedules its DAG.
+"""`lt-ssl run`: the run's plan as `lt-ssl stage` processes, scheduled like Argo schedules its DAG.
 
 A stage starts once every stage it needs has finished; up to `workers` stage processes (a fan-out stage counts
 one per cluster) run at once and share the cores. With workers=1 the stages run one by one in plan order.
+
+Each stage is its own process, as each is its own pod on Argo, but not a fresh interpreter: the processes are
+forked from one server (multiprocessing's forkserver) that imported torch and the stages once, when the run
+began. A fresh `python -m lt_ssl` paid ~3 s of CPU in imports per stage, most of the quickstart's non-compute
+time (benchmarks/README.md). The server runs no torch op, so every fork starts with no thread pool and sets
+its own thread count; the child then runs the same CLI entry point with the same arguments and environment.
 """
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import json
+import multiprocessing
+import multiprocessing.reduction
 import os
+import select
 import signal
-import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -26,23 +34,73 @@ from .plan import stage_argv
 from .report import results_table
 
 
-def _die_with_parent() -> None:
-    """Children get SIGKILL when the runner dies, so a killed run leaves no stage still writing."""
+def _die_with_runner(runner: int) -> None:
+    """SIGKILL this stage when the runner (pid `runner`) ends, so a killed run leaves no stage still writing.
+
+    Not PR_SET_PDEATHSIG: a stage's parent is the fork server, which outlives the runner while any stage runs.
+    A pidfd becomes readable when its process exits; a daemon thread waits on it.
+    """
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        pidfd = os.pidfd_open(runner)
+    except ProcessLookupError:  # the runner is already gone
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-runner", daemon=True).start()
+
+
+# What every stage imports, loaded once by the fork server: torch, the stages, their data loaders and models.
+_PRELOAD = ["lt_ssl.cli", "lt_ssl.pipeline.stages"]
+_forks = multiprocessing.get_context("forkserver")
+_forks.set_forkserver_preload(_PRELOAD)
+
+
+class _RunnerStdio:
+    """The runner's stdout and stderr as they are when a stage starts, handed to the stage's process.
+
+    A fork inherits the fork server's stdio, fixed when the server started; a redirect or a test's capture since
+    then would not see the stage's output. Pickled (as the process starts) into fds the child receives.
+    """
+
+    def __getstate__(self) -> list:
+        return [multiprocessing.reduction.DupFd(fd) for fd in (1, 2)]
+
+    def __setstate__(self, fds: list) -> None:
+        self.fds = fds
+
+    def install(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, fd in zip((1, 2), self.fds):
+            os.dup2(fd.detach(), target)
+
+
+def _stage_process(args: list[str], env: dict[str, str], stdio: _RunnerStdio, runner: int) -> None:
+    """A stage's process body: the `lt-ssl` CLI with the runner's arguments, environment and stdio."""
+    _die_with_runner(runner)
+    stdio.install()
+    os.environ.clear()
+    os.environ.update(env)
+    from ..cli import main
+
+    sys.exit(main(args))
 
 
 def _execute(argv: list[str], threads: int, device: str | None, debug: bool, progress: bool = True) -> int:
-    cmd = [sys.executable, "-m", "lt_ssl", *argv[1:]]  # argv[0] is "lt-ssl": same CLI, no PATH lookup
+    args = argv[1:]  # argv[0] is "lt-ssl"
     if device:
-        cmd += ["--device", device]
+        args += ["--device", device]
     if debug:
-        cmd += ["--debug"]
+        args += ["--debug"]
     env = os.environ | {"LT_SSL_THREADS": str(threads)} | ({} if progress else {PROGRESS_ENV: "0"})
     print("$ " + " ".join(argv), file=sys.stderr, flush=True)
-    return subprocess.run(cmd, env=env, preexec_fn=_die_with_parent).returncode
+    proc = _forks.Process(target=_stage_process, args=(args, env, _RunnerStdio(), os.getpid()))
+    proc.start()
+    proc.join()
+    return proc.exitcode  # negative: killed by that signal, as subprocess reports it
 
 
 def default_run_uri(name: str) -> str:
