@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config import Config
 from ..store import Store
+from .plan import PLANS
 
 GROUPS = ("top1", "many", "medium", "few")
 MODEL_ORDER = ("pixels", "random", "base", "baseline", "student")  # the floors first, the recipe's output last
@@ -47,8 +48,24 @@ def extra_probes_text(cfg: Config) -> str:
     return "\n".join(parts)
 
 
-def markdown(cfg: Config, info: dict, results: dict[str, dict], store: Store) -> str:
+def recipe_text(cfg: Config, store: Store) -> str:
+    """What the run trained, for report.md: the recipe's chain when its plan clusters, else the method alone."""
+    if "cluster" not in PLANS[cfg.plan].names:
+        return f"Plan `{cfg.plan}`: {cfg.method.name} ({cfg.backbone}) pre-trained {cfg.pretrain.epochs} epochs, the `base` model."
     sizes = store.read_json("cluster/sizes.json")["sizes"] if store.exists("cluster/sizes.json") else []
+    return f"""Recipe: base {cfg.method.name} ({cfg.backbone}) {cfg.pretrain.epochs} epochs → k-means K={cfg.cluster.k}
+(cluster sizes {sizes}) → experts {cfg.expert.train.epochs} epochs each → student distilled {cfg.distill.train.epochs} epochs."""
+
+
+_CLUSTERS = """
+## Clusters
+
+![PCA of base features by cluster](../cluster/scatter.png)
+![class distribution per cluster](../cluster/class_distribution.png)
+"""
+
+
+def markdown(cfg: Config, info: dict, results: dict[str, dict], store: Store) -> str:
     counts = info["class_counts"]
     extra = "\n" + extra_probes_text(cfg) if cfg.evaluate.extra_probes else ""
     return f"""# lt-ssl run `{cfg.name}`
@@ -57,8 +74,7 @@ Dataset **{info['dataset']}** ({info['subset']} subset, imbalance {cfg.data.imba
 {info['subset_size']} training images, per-class counts {counts}.
 Groups by long-tailed training count: many {info['groups']['many']}, medium {info['groups']['medium']}, few {info['groups']['few']}.
 
-Recipe: base {cfg.method.name} ({cfg.backbone}) {cfg.pretrain.epochs} epochs → k-means K={cfg.cluster.k}
-(cluster sizes {sizes}) → experts {cfg.expert.train.epochs} epochs each → student distilled {cfg.distill.train.epochs} epochs.
+{recipe_text(cfg, store)}
 
 ## Top-1 accuracy on the test set (%)
 
@@ -70,12 +86,7 @@ architecture, `pixels` the flattened normalised images.{extra}
 {results_table(results)}
 
 ![accuracy by group](accuracy.png)
-
-## Clusters
-
-![PCA of base features by cluster](../cluster/scatter.png)
-![class distribution per cluster](../cluster/class_distribution.png)
-""" + (_PSEUDOLABELS if store.exists("pseudolabel/tsne.png") else "")
+""" + (_CLUSTERS if "cluster" in PLANS[cfg.plan].names else "") + (_PSEUDOLABELS if store.exists("pseudolabel/tsne.png") else "")
 
 
 _PSEUDOLABELS = """

@@ -166,6 +166,9 @@ def test_plain_plan_runs_and_evaluates_only_its_models(tmp_path, tiny_overrides)
     assert run_stage("evaluate", store, None, output_path=str(tmp_path / "outputs")) == "done"
     assert set(store.read_json("evaluate/metrics.json")["models"]) == {"pixels", "random", "base"}  # floors + its one model
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["knn_top1_base", "linear_top1_base"]
+    report = store.read_text("evaluate/report.md")  # says what ran: no k-means line, no cluster figures
+    assert "Plan `plain`: simsiam (small_cnn) pre-trained" in report
+    assert "k-means" not in report and "../cluster/" not in report
 
 
 def test_distill_needs_every_expert(tmp_path):
