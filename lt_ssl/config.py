@@ -18,6 +18,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, fiel
 
 from .errors import ConfigError
 from .methods import DEFAULT_METHOD, METHODS
+from .optim import OPTIMIZERS
 from .pipeline.plan import PLANS
 from .schema import Float, Section
 
@@ -79,7 +80,7 @@ class TrainConfig(Section):
     lr: Float = Field(0.03, gt=0)  # per 256 images
     weight_decay: Float = Field(1e-5, ge=0)
     momentum: Float = Field(0.9, ge=0)
-    optimizer: Literal["sgd", "lars"] = "sgd"
+    optimizer: Literal[OPTIMIZERS] = "sgd"  # adamw: momentum is its beta1
     warmup_epochs: int = Field(0, ge=0)
     checkpoint_every: int = Field(5, ge=1)  # epochs between checkpoints (also written on SIGTERM)
 

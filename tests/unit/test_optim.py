@@ -92,5 +92,8 @@ def test_build_optimizer_keeps_group_keys():
     assert sgd.param_groups[0]["lr"] == 0.2 and sgd.param_groups[0]["fix_lr"] is True
     assert sgd.param_groups[1]["lr"] == 0.1
     assert isinstance(build_optimizer("lars", [{"params": model.parameters()}], 0.1, 0.9, 1e-6), LARS)
-    with pytest.raises(ConfigError, match="sgd, lars"):
+    adamw = build_optimizer("adamw", [{"params": model.parameters()}], 0.1, 0.8, 0.05)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.999)
+    assert adamw.defaults["weight_decay"] == 0.05
+    with pytest.raises(ConfigError, match="sgd, lars, adamw"):
         build_optimizer("adam", [{"params": model.parameters()}], 0.1, 0.9, 0.0)
