@@ -18,6 +18,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, fiel
 
 from .errors import ConfigError
 from .methods import DEFAULT_METHOD, METHODS
+from .models.backbones import BACKBONES, PATCH_BACKBONES
 from .optim import OPTIMIZERS
 from .pipeline.plan import PLANS
 from .schema import Float, Section
@@ -174,7 +175,7 @@ class Config(Section):
     plan: str = "recipe"  # the stage graph to run: a name in lt_ssl.pipeline.plan.PLANS (recipe | plain)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
-    backbone: Literal["small_cnn", "resnet18_cifar", "resnet18", "vit_tiny"] = "small_cnn"
+    backbone: Literal[tuple(BACKBONES)] = "small_cnn"
     method: MethodConfig = Field(default_factory=_default_method)
     pretrain: TrainConfig = TrainConfig(epochs=40)
     cluster: ClusterConfig = ClusterConfig()
@@ -204,6 +205,17 @@ class Config(Section):
         if not (v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v)):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _patch_backbone(self):
+        # Checked here so that a run fails before its first stage, not at pretrain after prepare has run.
+        for key, m in (("method", self.method), ("baseline.method", self.baseline.method)):
+            if key == "baseline.method" and not self.baseline.enabled:
+                continue
+            if METHODS[m.name].masks_patches and self.backbone not in PATCH_BACKBONES:
+                raise ConfigError(f"{key}.name={m.name} drops image patches and needs a ViT backbone, got "
+                                  f"backbone={self.backbone}; set backbone={min(PATCH_BACKBONES)}")
+        return self
 
     @model_validator(mode="after")
     def _epochs(self):

@@ -135,6 +135,8 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "small_cnn": SmallCNN,
     "vit_tiny": _vit_tiny,
 }
+# The backbones whose forward takes `keep` (the patch tokens to keep): what a Method with masks_patches needs.
+PATCH_BACKBONES = frozenset({"vit_tiny"})
 
 
 def build_backbone(name: str) -> nn.Module:

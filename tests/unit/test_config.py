@@ -41,7 +41,11 @@ def test_overrides_dotted_and_unambiguous_leaf():
     (["method.name=simclr", "method.temperature=0"], "method.temperature must be > 0, got 0"),
     (["method.proj_layers=4"], "config key 'method.proj_layers' must be one of 2, 3, got 4"),
     (["data.dataset=svhn"], "must be one of digits"),
-    (["pretrain.optimizer=adam"], "'pretrain.optimizer' must be one of sgd, lars"),
+    (["pretrain.optimizer=adam"], "'pretrain.optimizer' must be one of sgd, lars, adamw"),
+    (["backbone=vit"], "'backbone' must be one of resnet18_cifar, resnet18, small_cnn, vit_tiny"),
+    (["method.name=msn"], "method.name=msn drops image patches and needs a ViT backbone, got backbone=small_cnn; set "
+                          "backbone=vit_tiny"),
+    (["baseline.enabled=true", "baseline.method.name=pmsn"], "baseline.method.name=pmsn drops image patches"),
     (["cluster"], "not key=value"),
     (["augment.hue=0.7"], r"augment.hue must be <= 0.5 \(as torchvision's ColorJitter\), got 0.7"),
     (["device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
