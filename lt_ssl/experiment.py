@@ -229,14 +229,14 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
         cmd = [sys.executable, "-m", "lt_ssl", "run", "--config", exp.config, "--run", cell_uri(prefix, cell)]
         cmd += (["--device", device] if device else []) + (["--debug"] if debug else []) + list(cell.overrides)
         print(f"[{cell.id}] running ({threads} threads)", file=sys.stderr, flush=True)
-        out = subprocess.run(cmd, env=os.environ | {"LT_SSL_THREADS": str(threads)},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if out.returncode != 0:
-            tail = "\n".join(out.stdout.splitlines()[-15:])
-            print(f"[{cell.id}] failed (exit {out.returncode}):\n{tail}", file=sys.stderr)
-        else:
-            print(f"[{cell.id}] done", file=sys.stderr)
-        return out.returncode
+        # The cell's own lines, each tagged with its id, as Argo's log view tags a pod's: cells run side by side.
+        with subprocess.Popen(cmd, env=os.environ | {"LT_SSL_THREADS": str(threads)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:
+                print(f"[{cell.id}] {line}", end="", file=sys.stderr, flush=True)
+        print(f"[{cell.id}] " + ("done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"),
+              file=sys.stderr, flush=True)
+        return proc.returncode
 
     with ThreadPoolExecutor(pool) as ex:
         codes = list(ex.map(one, todo))

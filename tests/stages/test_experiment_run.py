@@ -27,7 +27,12 @@ def finished(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("exp").as_uri()
     out = _cli("run", TINY, "--prefix", prefix, "--parallel", "2")
     assert out.returncode == 0, out.stderr[-3000:]
-    return prefix, load_experiment(TINY)
+    exp = load_experiment(TINY)
+    for cell in exp.cells:  # each cell's own output is shown as it comes, tagged with the cell's id
+        if not cell.pending:
+            assert f"[{cell.id}] run: {cell_uri(prefix, cell)}" in out.stderr
+            assert f"[{cell.id}] $ lt-ssl stage pretrain" in out.stderr and f"[{cell.id}] done" in out.stderr
+    return prefix, exp
 
 
 def test_every_runnable_cell_finished_with_both_floors(finished):
