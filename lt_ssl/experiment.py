@@ -34,7 +34,7 @@ import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import product
@@ -309,12 +309,34 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
                 rows.append(row(v.name, v.name, v.model, key, [] if pending else own, pending))
                 if pending:
                     rows[-1]["total"] = len(own)
-        # Floors from the first variant's cells: the same architecture, seed and split as every method here.
-        first = [c for c in cells if not c.pending]
-        first = [c for c in first if c.variant == first[0].variant] if first else []
-        for model, label in FLOORS.items():
-            rows.append(row(label, "floor", model, key, first, False))
+        rows += floor_rows(exp, key, [c for c in cells if not c.pending], metrics, row)
     return rows
+
+
+def floor_rows(exp: Experiment, key: tuple, cells: list[Cell], metrics: dict[str, dict | None],
+               row: Callable[..., dict]) -> list[dict]:
+    """The floors of one row group: raw pixels, and an untrained encoder of each backbone its variants train.
+
+    The cells of a group share data, seeds and splits, so each floor comes from the variant with the most finished
+    cells (the first such; on that backbone, for the random encoder). A group whose variants all use one
+    backbone gets the two plain floor rows.
+    """
+    by_backbone: dict[str, list[Cell]] = {}
+    for c in cells:
+        by_backbone.setdefault(load_config(exp.config, list(c.overrides)).backbone, []).append(c)
+
+    def source(candidates: list[Cell]) -> list[Cell]:
+        variants = list(dict.fromkeys(c.variant for c in candidates))
+        finished = {v: sum(metrics.get(c.id) is not None for c in candidates if c.variant == v) for v in variants}
+        chosen = max(variants, key=finished.__getitem__, default=None)  # max keeps the first of equals
+        return [c for c in candidates if c.variant == chosen]
+
+    out = [row(FLOORS["random"] if len(by_backbone) < 2 else f"random encoder, {backbone} (floor)", "floor",
+               "random", key, source(bb_cells), False) for backbone, bb_cells in by_backbone.items()]
+    out.append(row(FLOORS["pixels"], "floor", "pixels", key, source(cells), False))
+    if not by_backbone:  # every variant pending: the floor rows still show, as not yet run
+        out.insert(0, row(FLOORS["random"], "floor", "random", key, [], False))
+    return out
 
 
 def _fmt(ms: tuple[float, float] | None) -> str:

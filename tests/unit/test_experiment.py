@@ -88,6 +88,21 @@ def test_report_is_mean_and_sample_std_over_splits_with_floors_and_unfinished_ro
     assert len(report_csv(exp, rows).splitlines()) == 1 + len(rows) == 1 + 2 * (3 + 2)
 
 
+def test_floors_come_from_the_most_finished_variant_and_one_random_encoder_per_backbone(tmp_path):
+    exp = _exp(tmp_path, "variants:\n  A: {}\n  B: {}\n  V: {overrides: [method.name=msn, backbone=vit_tiny]}\n"
+                         "axes:\n  split: [0, 1]\n")
+    metrics = {c.id: None for c in exp.cells}
+    metrics["a--split-0"] = _metrics({"base": 0.6, "random": 0.1, "pixels": 0.4})
+    for split, r in ((0, 0.2), (1, 0.3)):  # B has more finished cells than A: its floors are the ones shown
+        metrics[f"b--split-{split}"] = _metrics({"base": 0.6, "random": r, "pixels": 0.5})
+    metrics["v--split-1"] = _metrics({"base": 0.6, "random": 0.05, "pixels": 0.5})
+    by = {r["row"]: r for r in aggregate(exp, metrics)}
+    cnn, vit = by["random encoder, small_cnn (floor)"], by["random encoder, vit_tiny (floor)"]
+    assert (cnn["finished"], cnn["knn_top1"][0]) == (2, pytest.approx(0.25))
+    assert (vit["finished"], vit["knn_top1"][0]) == (1, pytest.approx(0.05))
+    assert by["raw pixels (floor)"]["knn_top1"][0] == pytest.approx(0.5) and "random encoder (floor)" not in by
+
+
 def test_report_carries_the_extra_probes_and_their_not_applicable_rows(tmp_path):
     """evaluate.extra_probes' columns appear when a finished cell has them; a null (n/a) probe averages nothing."""
     exp = _exp(tmp_path, "variants:\n  S: {}\naxes:\n  split: [0, 1]\n")
