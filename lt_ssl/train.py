@@ -120,6 +120,10 @@ class _TermFlag:
             signal.signal(signal.SIGTERM, self._old)
 
 
+# Steps between the host's reads of the device on CUDA (see train); a NaN loss is reported at its own step all the same.
+SYNC_EVERY_CUDA = 20
+
+
 @dataclass
 class TrainResult:
     epochs: int
@@ -145,6 +149,7 @@ def train(
     after_step: Callable[[], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     epoch_order: Callable[[int, torch.Generator], Tensor] | None = None,
+    sync_every: int | None = None,
 ) -> TrainResult:
     """Train `model` on `images` (N,3,H,W) uint8 (on the training device) for cfg.epochs.
 
@@ -153,6 +158,7 @@ def train(
     `after_step()` runs after each optimizer step, `on_epoch_end(epoch)` after each epoch (a method's hooks).
     `epoch_order(n, generator)`: each epoch's visiting order of the n images (default a uniform shuffle); the
     generator is keyed by (seed, epoch), so a resumed epoch replays the same order.
+    `sync_every`: steps between the host's reads of the device (default: SYNC_EVERY_CUDA on CUDA, else 1).
     """
     device = images.device
     n = images.shape[0]
@@ -183,54 +189,68 @@ def train(
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": e, "step": s,
                 "global_step": e * steps_per_epoch + s}
 
+    # On CUDA the host reads the device (the loss check, progress, metrics) once per window of steps, so it queues
+    # the next steps while the GPU runs; on a CPU every step is already synchronous and the window is one step.
+    sync_every = sync_every or (SYNC_EVERY_CUDA if device.type == "cuda" else 1)
     t_start, seen, last_loss, step_seconds = time.perf_counter(), 0, float("nan"), 0.0
     bar = Progress(total_steps * batch_size, name, start=(epoch * steps_per_epoch + step) * batch_size)
     with _TermFlag() as term, bar:
         while epoch < cfg.epochs:
             order_gen = torch.Generator().manual_seed(step_seed(seed, epoch, -1))
             order = epoch_order(n, order_gen) if epoch_order is not None else torch.randperm(n, generator=order_gen)
-            z_stds = []
+            order = order.to(device)  # one copy an epoch, not one a step
+            z_sum, z_count = torch.zeros((), device=device), 0
+            window: list[Tensor] = []  # the losses of the steps since the last sync
+            t0 = time.perf_counter()
             while step < steps_per_epoch:
-                idx = order[step * batch_size:(step + 1) * batch_size].to(device)
+                idx = order[step * batch_size:(step + 1) * batch_size]
                 gen = torch.Generator(device=device).manual_seed(step_seed(seed, epoch, step))
                 global_step = epoch * steps_per_epoch + step
                 lr = cosine_lr(global_step, total_steps, cfg.warmup_epochs * steps_per_epoch, base_lr)
                 for g in opt.param_groups:
                     g["lr"] = base_lr if g.get("fix_lr") else lr
-                t0 = time.perf_counter()
                 with autocast:
                     out = step_fn(images[idx], idx, gen, epoch, global_step, total_steps)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise CollapseError(f"{name}: loss became {loss.item()} at epoch {epoch} step {step}; lower the learning rate")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if after_step is not None:
                     after_step()
-                last_loss = loss.item()  # waits for the device: the step's compute ends here
-                step_seconds += time.perf_counter() - t0
+                window.append(loss.detach())
                 if "z_std" in out:
-                    z_stds.append(float(out["z_std"]))
-                seen += batch_size
+                    z_sum, z_count = z_sum + out["z_std"], z_count + 1
                 step += 1
-                bar.update(batch_size, f"epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f}")
-                ips = batch_size / max(time.perf_counter() - t0, 1e-9)
+                if len(window) < sync_every and step < steps_per_epoch and not term.set:
+                    continue
+                losses = torch.stack(window).float().cpu()  # waits for the device: the window's compute ends here
+                step_seconds += time.perf_counter() - t0
+                bad = (~torch.isfinite(losses)).nonzero()
+                if len(bad):  # raised before any checkpoint of these weights is written
+                    raise CollapseError(f"{name}: loss became {losses[bad[0, 0]].item()} at epoch {epoch} step "
+                                        f"{step - len(window) + int(bad[0, 0])}; lower the learning rate")
+                last_loss = losses[-1].item()
+                seen += batch_size * len(window)
+                bar.update(batch_size * len(window), f"epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f}")
+                ips = batch_size * len(window) / max(time.perf_counter() - t0, 1e-9)
                 if metrics is not None:
                     metrics.progress(epoch=epoch, step=global_step, loss=last_loss, images_per_second=ips, lr=lr)
                 if term.set:
                     ckpt.save(snapshot(epoch, step))
                     raise Preempted(f"{name}: SIGTERM received; checkpoint written at epoch {epoch} step {step}; rerun to resume")
+                window = []
+                t0 = time.perf_counter()
             elapsed = time.perf_counter() - t_start
             if not bar.enabled:  # on a terminal the progress line shows this
                 print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
                       f"{seen / max(elapsed, 1e-9):.0f} img/s lr {lr:.4g}", file=sys.stderr, flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
-            if z_stds and collapse_std > 0 and sum(z_stds) / len(z_stds) < collapse_std:
+            z_mean = (z_sum / z_count).item() if z_count else None
+            if z_mean is not None and collapse_std > 0 and z_mean < collapse_std:
                 raise CollapseError(
                     f"{name}: representations collapsed at epoch {epoch + 1} (std of normalised outputs "
-                    f"{sum(z_stds) / len(z_stds):.2e} < {collapse_std:.2e}); lower the learning rate or raise weight decay")
+                    f"{z_mean:.2e} < {collapse_std:.2e}); lower the learning rate or raise weight decay")
             epoch, step = epoch + 1, 0
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
                 ckpt.save(snapshot(epoch, 0))
