@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -38,18 +39,32 @@ def _die_with_runner(runner: int) -> None:
     """SIGKILL this stage when the runner (pid `runner`) ends, so a killed run leaves no stage still writing.
 
     Not PR_SET_PDEATHSIG: a stage's parent is the fork server, which outlives the runner while any stage runs.
-    A pidfd becomes readable when its process exits; a daemon thread waits on it.
+    A daemon thread waits on a pidfd of the runner (readable when it exits; Linux >= 5.3), else polls it.
     """
+
+    def gone() -> None:
+        try:
+            pidfd = os.pidfd_open(runner)
+        except ProcessLookupError:  # already gone
+            pass
+        except (AttributeError, OSError):  # no pidfd here (macOS, an old kernel): look once a second
+            while _alive(runner):
+                time.sleep(1.0)
+        else:
+            select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=gone, name="die-with-runner", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
     try:
-        pidfd = os.pidfd_open(runner)
-    except ProcessLookupError:  # the runner is already gone
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def watch() -> None:
-        select.select([pidfd], [], [])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="die-with-runner", daemon=True).start()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user: cannot be our runner, but not gone either
+        return True
+    return True
 
 
 # What every stage imports, loaded once by the fork server: torch, the stages, their data loaders and models.
