@@ -1,11 +1,12 @@
 """Wall time per stage of a local run (the quickstart by default) and the share of it that is not compute, as JSON.
 
-Runs `lt-ssl run --config CONFIG --run RUN` (one stage process at a time: the runner's default with
-LT_SSL_THREADS=1 or on a small machine) -- or, with --from-run, reads a finished run -- and splits each
-stage's wall time, from its _SUCCESS.json timestamps, into:
+Runs `lt-ssl run --config CONFIG --run RUN` (stages side by side as the runner schedules them; LT_SSL_THREADS=1
+runs them one at a time) -- or, with --from-run, reads a finished run -- and splits each stage's wall time,
+from its _SUCCESS.json timestamps, into:
 
-- start: from the previous stage's end (or the runner's launch) to this stage's body starting -- process
-  start, imports, the runner, reading the config and checking the needs;
+- start: from the moment the stage could start (the stages it needs had ended and a worker was free; the
+  runner's launch for a stage that needs none) to its body starting -- process start, imports, the runner,
+  reading the config and checking the needs;
 - body outside training: the stage body minus its training loop -- loading data, building models, writing
   model.pt and the other outputs, plots, evaluation for the stages without a training loop;
 - loop outside steps: the training loop minus its steps (train.seconds - train.step_seconds) --
@@ -37,6 +38,7 @@ import torch
 
 from lt_ssl.config import load_config
 from lt_ssl.optim import build_optimizer, scaled_lr
+from lt_ssl.pipeline.contract import plan_of, read_config
 from lt_ssl.pipeline.stages import new_method, ssl_step
 from lt_ssl.store import open_store
 from lt_ssl.train import bf16_native, step_autocast
@@ -49,17 +51,26 @@ def _time(stamp: str) -> float:
 
 
 def stage_table(run_uri: str, launched: float | None, exited: float | None) -> dict:
-    """Per-stage split of a finished run's wall time, stages in the order they ran."""
+    """Per-stage split of a finished run's wall time, stages in the order they started."""
     store = open_store(run_uri)
     keys = [k for k in store.list("") if k.endswith("_SUCCESS.json")]
     done = sorted((store.read_json(k) | {"stage": k.rsplit("/", 1)[0]} for k in keys), key=lambda s: s["started"])
     if not done:
         raise SystemExit(f"{run_uri} holds no finished stage (_SUCCESS.json); run it first")
-    rows, previous_end = [], launched
+    plan = plan_of(read_config(store))
+    ended: dict[str, float] = {}  # stage name -> when its last task finished
     for s in done:
-        started, finished = _time(s["started"]), _time(s["finished"])
+        name = s["stage"].split("/")[0]
+        ended[name] = max(ended.get(name, 0.0), _time(s["finished"]))
+    rows = []
+    for s in done:
+        started = _time(s["started"])
         train = (s.get("summary") or {}).get("train") or {}
-        start = None if previous_end is None else started - previous_end
+        needs = plan.stage(s["stage"].split("/")[0]).needs
+        # When the runner could start it: its needs done and a worker free (the last stage to end before it began).
+        freed = [_time(o["finished"]) for o in done if _time(o["finished"]) <= started]
+        ready = max([ended[n] for n in needs] + freed[-1:]) if needs else launched
+        start = None if ready is None else started - ready
         body = s["seconds"]
         row = {"stage": s["stage"], "wall_s": None if start is None else round(start + body, 2),
                "start_s": None if start is None else round(start, 2), "body_s": round(body, 2)}
@@ -74,16 +85,15 @@ def stage_table(run_uri: str, launched: float | None, exited: float | None) -> d
             row["non_compute_s"] = round(start + body - compute, 2)
             row["non_compute_share"] = round(row["non_compute_s"] / (start + body), 3)
         rows.append(row)
-        previous_end = finished
     out: dict = {"stages": rows}
     if launched is not None and exited is not None:
         out["total_wall_s"] = round(exited - launched, 2)
-        out["after_last_stage_s"] = round(exited - previous_end, 2)  # the runner's results table, process exit
+        out["after_last_stage_s"] = round(exited - max(ended.values()), 2)  # the results table, process exit
         known = [r for r in rows if "non_compute_s" in r]
-        if len(known) == len(rows):
+        if len(known) == len(rows):  # shares of the stages' summed wall time: stages side by side overlap
             non = sum(r["non_compute_s"] for r in rows) + out["after_last_stage_s"]
             out["total_non_compute_s"] = round(non, 2)
-            out["total_non_compute_share"] = round(non / out["total_wall_s"], 3)
+            out["total_non_compute_share"] = round(non / (sum(r["wall_s"] for r in rows) + out["after_last_stage_s"]), 3)
     return out
 
 

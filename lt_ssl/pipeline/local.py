@@ -67,8 +67,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# What every stage imports, loaded once by the fork server: torch, the stages, their data loaders and models.
-_PRELOAD = ["lt_ssl.cli", "lt_ssl.pipeline.stages"]
+# What the stages import, loaded once by the fork server: torch, the stages, their data loaders and models, plus
+# two imports each training stage paid inside its body (~1 s of CPU each): torch._dynamo, which the first
+# torch.optim optimizer imports, and scikit-learn's datasets, which the digits loader imports.
+_PRELOAD = ["lt_ssl.cli", "lt_ssl.pipeline.stages", "torch._dynamo", "sklearn.datasets"]
 _forks = multiprocessing.get_context("forkserver")
 _forks.set_forkserver_preload(_PRELOAD)
 
