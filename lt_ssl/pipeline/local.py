@@ -68,9 +68,11 @@ def _alive(pid: int) -> bool:
 
 
 # What the stages import, loaded once by the fork server: torch, the stages, their data loaders and models, plus
-# two imports each training stage paid inside its body (~1 s of CPU each): torch._dynamo, which the first
-# torch.optim optimizer imports, and scikit-learn's datasets, which the digits loader imports.
-_PRELOAD = ["lt_ssl.cli", "lt_ssl.pipeline.stages", "torch._dynamo", "sklearn.datasets"]
+# what stages import inside their bodies (~0.3-1 s of CPU each): torch._dynamo, which the first torch.optim
+# optimizer imports; scikit-learn's datasets, for the digits loader; matplotlib's Figure and Agg canvas, for the
+# plots of cluster and evaluate (lt_ssl/plots.py imports them lazily, so a pod that draws nothing skips them).
+_PRELOAD = ["lt_ssl.cli", "lt_ssl.pipeline.stages", "torch._dynamo", "sklearn.datasets", "matplotlib.figure",
+            "matplotlib.backends.backend_agg"]
 _forks = multiprocessing.get_context("forkserver")
 _forks.set_forkserver_preload(_PRELOAD)
 
