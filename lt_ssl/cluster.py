@@ -13,9 +13,9 @@ from lt_ssl.errors import ConfigError, StageError
 
 BACKENDS = ("auto", "sklearn", "torch", "torchpq")
 # cluster.backend=auto: the torch k-means, on CPU too. Measured 2026-12-04 on the 2-core dev box (shared with other
-# jobs, load 2.5-3.5), 1 thread, n_init=3, max_iter=100, tol=1e-4, inertia equal within 0.7%:
-#   python benchmarks/kmeans.py --threads 1 --repeats 3        50k x 512: K=10 1.68-1.74x sklearn, K=64 1.75-1.92x
-#   python benchmarks/kmeans.py --threads 1 --n 5000 --k 3 10 --repeats 5              K=3 1.04x, K=10 1.46x
+# jobs, load 3-4.5), 1 thread, n_init=3, max_iter=100, tol=1e-4, inertia equal within 0.7%:
+#   python benchmarks/kmeans.py --threads 1 --repeats 3        50k x 512: K=10 2.8-3.1x sklearn, K=64 3.0-3.1x
+#   python benchmarks/kmeans.py --threads 1 --n 5000 --k 3 10 --repeats 5              K=3 1.13x, K=10 1.95x
 # (benchmarks/README.md has the tables.) On CUDA it also keeps the features off the host.
 AUTO_BACKEND = "torch"
 
