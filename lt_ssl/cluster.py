@@ -128,7 +128,7 @@ def _kmeans_torch(features: Tensor, k: int, seed: int, n_init: int, max_iter: in
     x = (x - mean).contiguous()
     # Computed once (every distance below reuses it) per cache-sized block: 8x faster than in one go.
     x_sq = torch.cat([x[start : start + _CACHE_ROWS].pow(2).sum(dim=1) for start in range(0, x.shape[0], _CACHE_ROWS)])
-    # sklearn's mean per-dimension variance; x is centred, so it is the mean of x_sq over D (x.var(dim=0) took 30x longer).
+    # sklearn's mean per-dimension variance: x is centred, so it is sum x_sq / (N D) (x.var(dim=0) took 30x longer).
     shift_tol = tol * float(x_sq.double().sum()) / x.numel()
     # A CPU generator gives the same k-means++ draws whichever device the features are on.
     gen = torch.Generator().manual_seed(seed)
@@ -247,7 +247,8 @@ def _dense_pass(
     x: Tensor, x_sq: Tensor, centroids: Tensor, keep_bounds: bool
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
     """Assign every point: -> labels (N,), distance to the own centroid (N,), distances to the other centroids
-    (N, k) as the lower bounds (None unless keep_bounds; inf for the own one), float64 cluster sums (k, D) and counts (k,).
+    (N, k) as the lower bounds (None unless keep_bounds; inf for the own one), float64 cluster sums (k, D) and
+    counts (k,).
 
     Distances and sums are fused per cache-sized block of rows, so each point is read from memory once.
     index_add_ is deterministic on CPU; on CUDA its atomic float64 adds may differ in the last bits between runs

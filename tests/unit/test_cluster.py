@@ -9,7 +9,7 @@ from sklearn.datasets import make_blobs
 
 from lt_ssl import cluster
 from lt_ssl.cluster import KMeansResult, cluster_sizes, kmeans, nonempty_clusters
-from lt_ssl.errors import ConfigError
+from lt_ssl.errors import ConfigError, StageError
 
 
 def _blobs(n: int, dim: int, centers: int, std: float) -> torch.Tensor:
@@ -68,6 +68,19 @@ def test_torch_handles_duplicates_and_k_equal_n() -> None:
     assert res.inertia == pytest.approx(0.0, abs=1e-6)
     res = kmeans(torch.randn(6, 3), 6, backend="torch")
     assert sorted(res.assignments.tolist()) == list(range(6))
+
+
+@pytest.mark.filterwarnings("ignore")  # clustering values near float32's limit overflows inside sklearn; not the point
+def test_non_finite_features_are_refused_but_huge_finite_ones_are_not() -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        feats = torch.randn(20, 3)
+        feats[7, 1] = bad
+        with pytest.raises(StageError, match="NaN or inf"):
+            kmeans(feats, 2)
+    # Finite values whose sum overflows float32: the cheap sum check fails, the elementwise one must not.
+    huge = torch.tensor([[3e38, 3e38], [3e38, 2e38], [-3e38, -3e38], [-3e38, -2e38]])
+    assert not torch.isfinite(huge.sum(dim=0)).all()
+    assert sum(cluster_sizes(kmeans(huge, 2, backend="sklearn").assignments, 2)) == 4
 
 
 def test_k_validation() -> None:
