@@ -13,8 +13,8 @@ from lt_ssl.errors import ConfigError, StageError
 
 BACKENDS = ("auto", "sklearn", "torch", "torchpq")
 # cluster.backend=auto: the torch k-means, on CPU too. Measured 2026-12-04 on the 2-core dev box (shared with other
-# jobs, load 3-4.5), 1 thread, n_init=3, max_iter=100, tol=1e-4, inertia equal within 0.7%:
-#   python benchmarks/kmeans.py --threads 1 --repeats 3        50k x 512: K=10 2.8-3.1x sklearn, K=64 3.0-3.1x
+# jobs, load 2.3-4.5), 1 thread, n_init=3, max_iter=100, tol=1e-4, inertia equal within 0.7%:
+#   python benchmarks/kmeans.py --threads 1 --repeats 3        50k x 512: K=10 2.8-4.1x sklearn, K=64 3.0-3.2x
 #   python benchmarks/kmeans.py --threads 1 --n 5000 --k 3 10 --repeats 5              K=3 1.13x, K=10 1.95x
 # (benchmarks/README.md has the tables.) On CUDA it also keeps the features off the host.
 AUTO_BACKEND = "torch"
@@ -153,8 +153,8 @@ def _kmeans_torch(features: Tensor, k: int, seed: int, n_init: int, max_iter: in
 def _sq_dists(c: Tensor, c_sq: Tensor, x: Tensor, x_sq: Tensor) -> Tensor:
     """Squared distances (m, N) from c: (m, D) to x: (N, D) as ||c||^2 - 2 c.x + ||x||^2, clamped at 0.
 
-    In (m, N) order and per cache-sized block of x: for the few columns of k-means++ (m = 3 to 18) MKL runs this
-    1.3-1.7x faster than one (N, D) @ (D, m) product.
+    In (m, N) order and per cache-sized block of x: for k-means++'s 12-18 candidate columns MKL runs this
+    1.2-1.35x faster than one (N, D) @ (D, m) product (benchmarks/README.md, k-means).
     """
     blocks = [
         torch.addmm(c_sq[:, None] + x_sq[None, start : start + _CACHE_ROWS], c, x[start : start + _CACHE_ROWS].T,
