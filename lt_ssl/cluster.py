@@ -13,9 +13,9 @@ from lt_ssl.errors import ConfigError, StageError
 
 BACKENDS = ("auto", "sklearn", "torch", "torchpq")
 # cluster.backend=auto: the torch k-means, on CPU too. Measured 2026-12-04 on the 2-core dev box (shared with other
-# jobs, load 2.5-3.5), 1 thread, n_init=3, max_iter=100, tol=1e-4, inertia equal within 0.7%:
-#   python benchmarks/kmeans.py --threads 1 --repeats 3        50k x 512: K=10 1.68-1.74x sklearn, K=64 1.75-1.92x
-#   python benchmarks/kmeans.py --threads 1 --n 5000 --k 3 10 --repeats 5              K=3 1.04x, K=10 1.46x
+# jobs, load 2.3-4.5), 1 thread, n_init=3, max_iter=100, tol=1e-4, inertia equal within 0.7%:
+#   python benchmarks/kmeans.py --threads 1 --repeats 3        50k x 512: K=10 2.8-4.1x sklearn, K=64 3.0-3.2x
+#   python benchmarks/kmeans.py --threads 1 --n 5000 --k 3 10 --repeats 5              K=3 1.13x, K=10 1.95x
 # (benchmarks/README.md has the tables.) On CUDA it also keeps the features off the host.
 AUTO_BACKEND = "torch"
 
@@ -23,9 +23,10 @@ AUTO_BACKEND = "torch"
 # and the index_add_ that reads the same rows (measured on 2 cores: 1024 rows beat 8192 by 20-30%), and it
 # bounds the (rows, k) distance block whatever N is.
 _CACHE_ROWS = 1024
-# A sparse pass gathers rows (about as costly as a dense pass's distances for k <= 64), so it pays only
-# while fewer than this share of the points is in doubt.
-_DENSE_FRACTION = 0.5
+# A sparse pass gathers the rows in doubt but updates the cluster sums for the moved points only, where a dense
+# pass re-adds every row: it pays until nearly all points are in doubt. benchmarks/kmeans.py, 50k x 512, 1 thread:
+# K=64 7.9-8.9 s at 0.5, 7.3-7.8 s at 0.7, 6.6-6.9 s at 0.8 to 1.0 (alternating runs); K=10 flat (0.74-0.83 s).
+_DENSE_FRACTION = 0.9
 # Elkan's lower bounds take N x k floats; above 2**26 (256 MiB) every Lloyd step is a dense pass instead.
 _MAX_BOUNDS = 2**26
 
@@ -65,7 +66,8 @@ def kmeans(
         raise ConfigError(f"cluster.k={k} is larger than the number of images ({n}); lower cluster.k")
     if n_init < 1 or max_iter < 1:
         raise ConfigError(f"k-means needs n_init >= 1 and max_iter >= 1 (got {n_init}, {max_iter}); raise them")
-    if not bool(torch.isfinite(features).all()):
+    # One non-finite value makes the sum non-finite; only then (or on overflow) is the elementwise check paid.
+    if not bool(torch.isfinite(features.sum())) and not bool(torch.isfinite(features).all()):
         raise StageError("features contain NaN or inf; the backbone diverged, re-run the base stage")
 
     if backend == "auto":
@@ -124,30 +126,42 @@ def _kmeans_torch(features: Tensor, k: int, seed: int, n_init: int, max_iter: in
     x = features.detach().float()
     mean = x.mean(dim=0)
     x = (x - mean).contiguous()
-    x_sq = x.pow(2).sum(dim=1)  # computed once: every distance below reuses it
-    shift_tol = tol * float(x.var(dim=0, unbiased=False).mean())
+    # Computed once (every distance below reuses it) per cache-sized block: 8x faster than in one go.
+    x_sq = torch.cat([x[start : start + _CACHE_ROWS].pow(2).sum(dim=1) for start in range(0, x.shape[0], _CACHE_ROWS)])
+    # sklearn's mean per-dimension variance: x is centred, so it is sum x_sq / (N D) (x.var(dim=0) took 30x longer).
+    shift_tol = tol * float(x_sq.double().sum()) / x.numel()
     # A CPU generator gives the same k-means++ draws whichever device the features are on.
     gen = torch.Generator().manual_seed(seed)
 
+    # Starts are ranked by inertia less sum ||x||^2 (the same for all), from the cluster sums: O(k D) per start;
+    # the exact inertia, a pass over x, is computed for the best one only.
     best: tuple[float, Tensor, Tensor] | None = None
     for start in _kmeans_plus_plus(x, x_sq, k, n_init, gen):
-        centroids, labels = _lloyd(x, x_sq, start, max_iter, shift_tol)
-        inertia = _exact_inertia(x, centroids, labels)
-        if best is None or inertia < best[0]:
-            best = (inertia, centroids, labels)
+        centroids, labels, rank = _lloyd(x, x_sq, start, max_iter, shift_tol)
+        if best is None or rank < best[0]:
+            best = (rank, centroids, labels)
     assert best is not None
-    inertia, centroids, labels = best
+    _, centroids, labels = best
     return KMeansResult(
         assignments=labels.cpu().numpy().astype(np.int64),
         centroids=(centroids + mean).cpu().numpy().astype(np.float32),
-        inertia=inertia,
+        inertia=_exact_inertia(x, centroids, labels),
         backend="torch",
     )
 
 
-def _sq_dists(x: Tensor, x_sq: Tensor, c: Tensor, c_sq: Tensor) -> Tensor:
-    """Squared distances (B, m) from x: (B, D) to c: (m, D) as ||x||^2 - 2 x.c + ||c||^2, clamped at 0."""
-    return torch.addmm(x_sq[:, None] + c_sq[None, :], x, c.T, alpha=-2.0).clamp_min_(0.0)
+def _sq_dists(c: Tensor, c_sq: Tensor, x: Tensor, x_sq: Tensor) -> Tensor:
+    """Squared distances (m, N) from c: (m, D) to x: (N, D) as ||c||^2 - 2 c.x + ||x||^2, clamped at 0.
+
+    In (m, N) order and per cache-sized block of x: for k-means++'s 12-18 candidate columns MKL runs this
+    1.2-1.35x faster than one (N, D) @ (D, m) product (benchmarks/README.md, k-means).
+    """
+    blocks = [
+        torch.addmm(c_sq[:, None] + x_sq[None, start : start + _CACHE_ROWS], c, x[start : start + _CACHE_ROWS].T,
+                    alpha=-2.0)
+        for start in range(0, x.shape[0], _CACHE_ROWS)
+    ]
+    return torch.cat(blocks, dim=1).clamp_min_(0.0)
 
 
 def _exact_inertia(x: Tensor, centroids: Tensor, labels: Tensor) -> float:
@@ -170,7 +184,7 @@ def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, n_init: int, gen: torch.G
     rows = torch.arange(n_init, device=x.device)
     chosen = torch.empty(n_init, k, dtype=torch.long, device=x.device)
     chosen[:, 0] = torch.randint(n, (n_init,), generator=gen).to(x.device)
-    closest = _sq_dists(x, x_sq, x[chosen[:, 0]], x_sq[chosen[:, 0]]).T.contiguous()  # (n_init, N)
+    closest = _sq_dists(x[chosen[:, 0]], x_sq[chosen[:, 0]], x, x_sq)  # (n_init, N)
     for step in range(1, k):
         cdf = torch.cumsum(closest.double(), dim=1)  # (n_init, N)
         u = torch.rand(n_init, trials, generator=gen, dtype=torch.float64).to(x.device) * cdf[:, -1:]
@@ -181,7 +195,7 @@ def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, n_init: int, gen: torch.G
             draws = torch.randint(n, (n_init, trials), generator=gen).to(x.device)
             candidates = torch.where(degenerate[:, None], draws, candidates)
         flat = candidates.flatten()
-        d = _sq_dists(x, x_sq, x[flat], x_sq[flat]).T.reshape(n_init, trials, n)
+        d = _sq_dists(x[flat], x_sq[flat], x, x_sq).view(n_init, trials, n)
         d = torch.minimum(d, closest[:, None, :])
         pick = d.double().sum(dim=2).argmin(dim=1)  # (n_init,): the candidate with the lowest potential
         chosen[:, step] = candidates[rows, pick]
@@ -189,8 +203,9 @@ def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, n_init: int, gen: torch.G
     return x[chosen]
 
 
-def _lloyd(x: Tensor, x_sq: Tensor, centroids: Tensor, max_iter: int, shift_tol: float) -> tuple[Tensor, Tensor]:
-    """Lloyd iterations from centroids: (k, D) -> (centroids (k, D), labels (N,) nearest to them).
+def _lloyd(x: Tensor, x_sq: Tensor, centroids: Tensor, max_iter: int, shift_tol: float) -> tuple[Tensor, Tensor, float]:
+    """Lloyd iterations from centroids: (k, D) -> (centroids (k, D), labels (N,) nearest to them, the inertia less
+    sum ||x||^2: sum_j n_j ||c_j||^2 - 2 c_j . s_j over the clusters' sizes n_j and float64 sums s_j).
 
     The iterates are Lloyd's, with sklearn's stopping rules (labels unchanged, or squared centroid shift
     <= shift_tol), computed with Elkan's bounds (ICML 2003): u(x) >= d(x, c_a) for the own centroid a and
@@ -222,14 +237,18 @@ def _lloyd(x: Tensor, x_sq: Tensor, centroids: Tensor, max_iter: int, shift_tol:
             moved = _sparse_pass(x, x_sq, centroids, doubt, *state)
         if moved == 0 or float(shift.sum()) <= shift_tol:
             break
-    return centroids, state[0]
+    labels, _, _, sums, counts = state
+    c = centroids.double()
+    rank = float((counts * c.pow(2).sum(dim=1)).sum() - 2.0 * (c * sums).sum())
+    return centroids, labels, rank
 
 
 def _dense_pass(
     x: Tensor, x_sq: Tensor, centroids: Tensor, keep_bounds: bool
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Assign every point: -> labels (N,), distance to the own centroid (N,), distances to all centroids (N, k)
-    as the lower bounds (None unless keep_bounds), float64 cluster sums (k, D) and counts (k,).
+    """Assign every point: -> labels (N,), distance to the own centroid (N,), distances to the other centroids
+    (N, k) as the lower bounds (None unless keep_bounds; inf for the own one), float64 cluster sums (k, D) and
+    counts (k,).
 
     Distances and sums are fused per cache-sized block of rows, so each point is read from memory once.
     index_add_ is deterministic on CPU; on CUDA its atomic float64 adds may differ in the last bits between runs
@@ -258,26 +277,33 @@ def _nearest(
     xb: Tensor, xb_sq: Tensor, centroids: Tensor, c_sq: Tensor, all_dists: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Nearest centroid per row of xb: (B, D) -> labels (B,), the distance (not squared) to it, and the distances
-    to every centroid (B, k) if all_dists else None."""
+    to every other centroid (B, k), the own one set to inf (Elkan's lower bounds), if all_dists else None."""
     partial = torch.addmm(c_sq[None, :], xb, centroids.T, alpha=-2.0)  # d^2 - ||x||^2: same argmin
     if all_dists:
         dists = partial.add_(xb_sq[:, None]).clamp_min_(0.0).sqrt_()
         nearest, labels = dists.min(dim=1)
-        return labels, nearest, dists
+        return labels, nearest, dists.scatter_(1, labels[:, None], math.inf)
     nearest, labels = partial.min(dim=1)
     return labels, nearest.add_(xb_sq).clamp_min_(0.0).sqrt_(), None
 
 
 def _in_doubt(centroids: Tensor, labels: Tensor, upper: Tensor, lower: Tensor, shift: Tensor) -> Tensor:
     """Move the bounds by the centroid shifts: (k,) (not squared), in place; -> ids of the points for which
-    some other centroid may now be nearer than their own."""
+    some other centroid may now be nearer than their own.
+
+    Of Elkan's pair test (u > l(x, j) and u > d(c_a, c_j) / 2) the first half is taken as u > min_j l(x, j) (the
+    own entry of `lower` is inf), the second as one test per point (u <= half the distance from c_a to its nearest
+    other centroid settles x, as in Hamerly's k-means). In 512 dimensions the per-pair half gaps settled no point
+    that the lower bounds left in doubt (benchmarks/kmeans.py's data, K=10 and 64), and an in-place subtraction
+    and a row minimum run 10x faster than the broadcast (N, k) comparisons and gather that they need.
+    """
     upper += shift[labels]
     lower -= shift[None, :]
     c_sq = centroids.pow(2).sum(dim=1)
     half_gaps = torch.addmm(c_sq[:, None] + c_sq[None, :], centroids, centroids.T, alpha=-2.0)
     half_gaps = half_gaps.clamp_min_(0.0).sqrt_().mul_(0.5).fill_diagonal_(math.inf)  # (k, k); own one never
-    u = upper[:, None]
-    return torch.nonzero(((u > lower) & (u > half_gaps[labels])).any(dim=1)).flatten()
+    doubt = (lower.amin(dim=1) < upper) & (upper > half_gaps.amin(dim=1)[labels])
+    return torch.nonzero(doubt).flatten()
 
 
 def _sparse_pass(x: Tensor, x_sq: Tensor, centroids: Tensor, doubt: Tensor, labels: Tensor, upper: Tensor,

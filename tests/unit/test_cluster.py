@@ -9,7 +9,7 @@ from sklearn.datasets import make_blobs
 
 from lt_ssl import cluster
 from lt_ssl.cluster import KMeansResult, cluster_sizes, kmeans, nonempty_clusters
-from lt_ssl.errors import ConfigError
+from lt_ssl.errors import ConfigError, StageError
 
 
 def _blobs(n: int, dim: int, centers: int, std: float) -> torch.Tensor:
@@ -70,6 +70,19 @@ def test_torch_handles_duplicates_and_k_equal_n() -> None:
     assert sorted(res.assignments.tolist()) == list(range(6))
 
 
+@pytest.mark.filterwarnings("ignore")  # clustering values near float32's limit overflows inside sklearn; not the point
+def test_non_finite_features_are_refused_but_huge_finite_ones_are_not() -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        feats = torch.randn(20, 3)
+        feats[7, 1] = bad
+        with pytest.raises(StageError, match="NaN or inf"):
+            kmeans(feats, 2)
+    # Finite values whose sum overflows float32: the cheap sum check fails, the elementwise one must not.
+    huge = torch.tensor([[3e38, 3e38], [3e38, 2e38], [-3e38, -3e38], [-3e38, -2e38]])
+    assert not torch.isfinite(huge.sum(dim=0)).all()
+    assert sum(cluster_sizes(kmeans(huge, 2, backend="sklearn").assignments, 2)) == 4
+
+
 def test_k_validation() -> None:
     feats = torch.randn(10, 3)
     with pytest.raises(ConfigError, match=r"cluster.k=11 is larger than the number of images \(10\); lower cluster.k"):
@@ -101,22 +114,47 @@ def test_empty_cluster_is_reseeded_on_the_farthest_point() -> None:
     x = (feats - feats.mean(0)).contiguous()
     x_sq = x.pow(2).sum(1)
     start = torch.stack([x[0], x[1], torch.full((4,), 1e3)])
-    centroids, labels = cluster._lloyd(x, x_sq, start, max_iter=50, shift_tol=0.0)
+    centroids, labels, _ = cluster._lloyd(x, x_sq, start, max_iter=50, shift_tol=0.0)
     assert min(cluster_sizes(labels, 3)) > 0
     assert float(centroids.abs().max()) < 1e2
 
 
-def test_elkan_bounds_give_lloyds_iterates(monkeypatch: pytest.MonkeyPatch) -> None:
+def _unit_mixture(n: int, dim: int, components: int) -> torch.Tensor:
+    # As benchmarks/kmeans.py's data: overlapping Gaussians around random unit means, rows L2-normalised.
+    gen = torch.Generator().manual_seed(0)
+    means = torch.nn.functional.normalize(torch.randn(components, dim, generator=gen), dim=1)
+    which = torch.randint(components, (n,), generator=gen)
+    return torch.nn.functional.normalize(means[which] + torch.randn(n, dim, generator=gen) * 0.8 / dim**0.5, dim=1)
+
+
+@pytest.mark.parametrize(
+    ("feats", "k"),
+    [
+        (_blobs(3000, 16, centers=8, std=4.0), 8),  # low dimension: the half-gap test settles points
+        (_unit_mixture(3000, 256, 16), 32),  # high dimension, overlapping: most points in doubt for many steps
+    ],
+)
+def test_elkan_bounds_give_lloyds_iterates(monkeypatch: pytest.MonkeyPatch, feats: torch.Tensor, k: int) -> None:
     # The bounds only skip work: with them switched off (every step a dense pass) the result is the same.
-    feats = _blobs(3000, 16, centers=8, std=4.0)
     x = (feats - feats.mean(0)).contiguous()
     x_sq = x.pow(2).sum(1)
-    start = cluster._kmeans_plus_plus(x, x_sq, 8, 1, torch.Generator().manual_seed(0))[0]
-    c_fast, l_fast = cluster._lloyd(x, x_sq, start, max_iter=100, shift_tol=0.0)
+    start = cluster._kmeans_plus_plus(x, x_sq, k, 1, torch.Generator().manual_seed(0))[0]
+    c_fast, l_fast, _ = cluster._lloyd(x, x_sq, start, max_iter=100, shift_tol=0.0)
     monkeypatch.setattr(cluster, "_MAX_BOUNDS", 0)
-    c_dense, l_dense = cluster._lloyd(x, x_sq, start, max_iter=100, shift_tol=0.0)
+    c_dense, l_dense, _ = cluster._lloyd(x, x_sq, start, max_iter=100, shift_tol=0.0)
     np.testing.assert_array_equal(l_fast.numpy(), l_dense.numpy())
     torch.testing.assert_close(c_fast, c_dense, rtol=1e-5, atol=1e-5)
+
+
+def test_lloyd_rank_is_inertia_less_norms() -> None:
+    # kmeans() keeps the start with the lowest rank, so rank + sum ||x||^2 must be the inertia.
+    feats = _blobs(2000, 16, centers=6, std=4.0)
+    x = (feats - feats.mean(0)).contiguous()
+    x_sq = x.pow(2).sum(1)
+    for start in cluster._kmeans_plus_plus(x, x_sq, 6, 3, torch.Generator().manual_seed(0)):
+        centroids, labels, rank = cluster._lloyd(x, x_sq, start, max_iter=100, shift_tol=0.0)
+        exact = cluster._exact_inertia(x, centroids, labels)
+        assert rank + float(x.double().pow(2).sum()) == pytest.approx(exact, rel=1e-5)
 
 
 def test_batched_kmeans_plus_plus_picks_distinct_points_per_start() -> None:
