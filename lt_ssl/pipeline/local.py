@@ -62,8 +62,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by another user: cannot be our runner, but not gone either
-        return True
+    except PermissionError:  # the pid now belongs to another user's process: our runner (same user) is gone
+        return False
     return True
 
 
