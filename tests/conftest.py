@@ -12,6 +12,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs", "quickstart.yaml")
 
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the scripts are not a package), registered in sys.modules first:
+    dataclasses look their module up while the class is built."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
 # Small heads, one epoch per stage, small batches: the pipeline's logic, not its accuracy.
 TINY = [
     "pretrain.epochs=1", "pretrain.batch_size=64",

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import load_benchmark
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load_gpu_module():
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs the full GPU check, minutes long")
 def test_cpu_smoke_writes_the_gpu_keys(tmp_path: Path) -> None:
-    gpu = _load_gpu_module()
+    gpu = load_benchmark("gpu")
     out = tmp_path / "gpu.json"
     report = gpu.main([str(out)])
     assert json.loads(out.read_text()) == report
@@ -46,7 +38,7 @@ def test_cpu_smoke_writes_the_gpu_keys(tmp_path: Path) -> None:
 
 
 def test_peak_table_matches_device_names() -> None:
-    gpu = _load_gpu_module()
+    gpu = load_benchmark("gpu")
     lookup = dict(gpu.PEAK_BF16_TFLOPS)
     name = "NVIDIA H100 PCIe"
     assert next(p for k, p in gpu.PEAK_BF16_TFLOPS if k in name) == lookup["H100 PCIe"]

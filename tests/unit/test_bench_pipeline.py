@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from lt_ssl.config import load_config
 from lt_ssl.pipeline.contract import write_config_once
 from lt_ssl.store import open_store
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, load_benchmark
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def _load_pipeline():
-    spec = importlib.util.spec_from_file_location("bench_pipeline", BENCH / "pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_stage_starts_when_its_needs_are_done_and_a_worker_is_free(tmp_path):
@@ -40,7 +28,7 @@ def test_a_stage_starts_when_its_needs_are_done_and_a_worker_is_free(tmp_path):
             "started": (T0 + dt.timedelta(seconds=started)).isoformat(),
             "finished": (T0 + dt.timedelta(seconds=finished)).isoformat(),
             "seconds": finished - started, "summary": summary})
-    table = _load_pipeline().stage_table(tmp_path.as_uri(), launched=T0.timestamp(), exited=T0.timestamp() + 34.0)
+    table = load_benchmark("pipeline").stage_table(tmp_path.as_uri(), launched=T0.timestamp(), exited=T0.timestamp() + 34.0)
     rows = {r["stage"]: r for r in table["stages"]}
     starts = {name: rows[name]["start_s"] for name, *_ in stages}
     assert starts == pytest.approx({"prepare": 1.0, "pretrain": 0.5, "baseline": 0.6, "cluster": 0.2, "expert/0": 0.1,

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load_train_step():
-    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH / "train_step.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_quick_mode_writes_every_field(tmp_path: Path) -> None:
-    bench = _load_train_step()
+    bench = load_benchmark("train_step")
     out = tmp_path / "train_step.json"
     report = bench.main(["--quick", "--steps", "2", "--repeats", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == report
