@@ -225,10 +225,11 @@ def train(
                     continue
                 losses = torch.stack(window).float().cpu()  # waits for the device: the window's compute ends here
                 step_seconds += time.perf_counter() - t0
-                bad = (~torch.isfinite(losses)).nonzero()
-                if len(bad):  # raised before any checkpoint of these weights is written
-                    raise CollapseError(f"{name}: loss became {losses[bad[0, 0]].item()} at epoch {epoch} step "
-                                        f"{step - len(window) + int(bad[0, 0])}; lower the learning rate")
+                finite = torch.isfinite(losses)
+                if not finite.all():  # raised before any checkpoint of these weights is written
+                    first = int((~finite).nonzero()[0, 0])
+                    raise CollapseError(f"{name}: loss became {losses[first].item()} at epoch {epoch} step "
+                                        f"{step - len(window) + first}; lower the learning rate")
                 last_loss = losses[-1].item()
                 seen += batch_size * len(window)
                 bar.update(batch_size * len(window), f"epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f}")
