@@ -34,6 +34,11 @@ _TOP, _LEFT, _FLIP, _JITTER, _BRIGHT, _CONTRAST, _SATUR, _HUE, _GRAY, _BLUR, _SI
 _NUM_DRAWS = 2 * _ATTEMPTS + 12
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """"cuda" (the current device, as torch.Generator(device="cuda") reports itself) matches "cuda:0"."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 @torch.autocast("cpu", enabled=False)  # views in float32 whatever precision the model step runs in
 @torch.autocast("cuda", enabled=False)
 def augment_batch(
@@ -55,7 +60,7 @@ def augment_batch(
     extra_ops_); their draws come after the base pipeline's, so None leaves the view unchanged.
     """
     _check_image_batch(x)
-    if generator is not None and generator.device != x.device:
+    if generator is not None and not _same_device(generator.device, x.device):
         raise ValueError(f"generator is on {generator.device} but the batch is on {x.device}: create it there")
     batch, _, height, width = x.shape
     u = torch.rand(batch, _NUM_DRAWS, generator=generator, device=x.device)

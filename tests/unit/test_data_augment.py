@@ -149,3 +149,14 @@ def test_normalize_for_evaluation() -> None:
 def test_rejects_non_uint8_batches() -> None:
     with pytest.raises(ValueError, match="uint8"):
         augment_batch(torch.rand(2, 3, 8, 8), AugmentConfig(), ZERO, ONE)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_generator_made_for_cuda_draws_for_a_batch_on_cuda_0() -> None:
+    # torch.Generator(device="cuda") reports device "cuda", a tensor there "cuda:0": the same device.
+    x = _images().to("cuda:0")
+    out = augment_batch(x, ALL_ON, ZERO, ONE, torch.Generator(device="cuda").manual_seed(0))
+    assert out.device == x.device
+    with pytest.raises(ValueError, match="generator is on cpu but the batch is on cuda:0: create it there"):
+        augment_batch(x, ALL_ON, ZERO, ONE, _gen())
+
