@@ -39,6 +39,10 @@ class StageError(LtSslError):
     """A stage cannot run: missing inputs, unknown cluster id, a run with another config."""
 
 
+class RunBusyError(LtSslError):
+    """Another runner holds the run: two runners on one run would write the same artifacts."""
+
+
 class StorageError(LtSslError):
     """The artifact store failed (unreachable endpoint, bad credentials, missing bucket)."""
 

@@ -8,6 +8,11 @@ forked from one server (multiprocessing's forkserver) that imported torch and th
 began. A fresh `python -m lt_ssl` paid ~3 s of CPU in imports per stage, most of the quickstart's non-compute
 time (benchmarks/README.md). The server runs no torch op, so every fork starts with no thread pool and sets
 its own thread count; the child then runs the same CLI entry point with the same arguments and environment.
+
+One runner at a time per run: the runner holds the run's lock (RUNNER_LOCK) from before it writes the config
+until its last stage ends, so a second `lt-ssl run` or `lt-ssl experiment run` on the same run URI stops with
+one line naming the holder, instead of both writing the same artifacts. `lt-ssl stage` takes no lock: on Argo
+the workflow controller is the one scheduler.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import multiprocessing.reduction
 import os
 import select
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -26,10 +32,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from ..config import config_hash, load_config
+from ..config import Config, config_hash, load_config
 from ..errors import LtSslError
 from ..progress import PROGRESS_ENV
-from ..store import normalize_uri, open_store
+from ..store import Store, normalize_uri, open_store
 from .contract import is_done, plan_of, stage_prefix, write_config_once, write_output
 from .plan import stage_argv
 from .report import results_table
@@ -130,6 +136,7 @@ def default_run_uri(name: str) -> str:
 # Default stage processes at once: more than 4 rarely has work (the recipe's widest point is the baseline beside
 # the experts) and each process holds its own copy of the data.
 MAX_DEFAULT_WORKERS = 4
+RUNNER_LOCK = ".runner.lock"  # hidden: a local run folder's listing does not show it
 
 
 def cores() -> int:
@@ -143,7 +150,15 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int | N
     run_uri = normalize_uri(run_uri) if run_uri else default_run_uri(cfg.name)
     store = open_store(run_uri)
     print(f"run: {run_uri}", file=sys.stderr)
-    write_config_once(store, cfg)  # refuses a different config for an existing run before anything runs
+    since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with store.lock(RUNNER_LOCK, f"lt-ssl run (pid {os.getpid()} on {socket.gethostname()}, since {since})"):
+        write_config_once(store, cfg)  # refuses a different config for an existing run before anything runs
+        return _run_plan(cfg, store, run_uri, config, overrides, workers, device, debug)
+
+
+def _run_plan(cfg: Config, store: Store, run_uri: str, config: str, overrides: list[str], workers: int | None,
+              device: str | None, debug: bool) -> int:
+    """Run the stages of cfg's plan that are not done yet; the caller holds the run's lock."""
     chash = config_hash(cfg)
     cpus = cores()
     workers = workers or min(cpus, MAX_DEFAULT_WORKERS)

@@ -6,6 +6,7 @@ import io
 import json
 import re
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,13 @@ class Store(ABC):
 
     @abstractmethod
     def download_file(self, key: str, path: Path) -> None: ...
+
+    @abstractmethod
+    def lock(self, key: str, holder: str) -> AbstractContextManager[None]:
+        """Hold `key` as an exclusive lock for the with-block, recording `holder` (who, where, since when) in it.
+
+        Raises RunBusyError naming the current holder when another process holds it. A holder that dies
+        without releasing it does not block the run for ever (each backend says how)."""
 
     def url(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{check_key(key)}"

@@ -6,14 +6,17 @@ dead and deletes, instead of litter that accumulates with every kill."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import StorageError
+from ..errors import RunBusyError, StorageError
 from .base import Store, check_key
 
 
@@ -94,6 +97,29 @@ class LocalStore(Store):
     def upload_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as src:
             self._atomic_write(key, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+
+    @contextmanager
+    def lock(self, key: str, holder: str) -> Iterator[None]:
+        """flock(2) on the key's file: the kernel drops it when the holder exits, however it exits (SIGKILL too),
+        so no stale lock outlives its process. The file stays, empty between holders. Keep a key whose name starts
+        with '.' so list() does not show it."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:  # a+: create it if missing, never truncate another holder's record on open
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                other = f.read().strip() or "another process"
+                raise RunBusyError(f"{self.uri} is in use by {other}; wait for it to end (or stop it), then rerun to "
+                                   "resume") from None
+            f.truncate(0)
+            f.write(holder + "\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                f.truncate(0)
 
     def download_file(self, key: str, path: Path) -> None:
         src = self._path(key)

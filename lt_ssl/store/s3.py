@@ -28,20 +28,25 @@ multipart upload above it; a multipart upload is only visible once CompleteMulti
 succeeds, and a failed one is aborted (s3transfer registers AbortMultipartUpload as a failure
 cleanup; we abort again here in case the cleanup itself failed). A process killed outright leaves
 invisible parts behind: give the bucket an AbortIncompleteMultipartUpload lifecycle rule.
+
+Locks (`lock`) are leases on S3 conditional writes (If-None-Match / If-Match on PutObject: AWS since
+2024, MinIO since RELEASE.2024-08). A store that ignores those headers gives no protection.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, LtSslError, StorageAccessError, StorageError
+from ..errors import ConfigError, LtSslError, RunBusyError, StorageAccessError, StorageError
 from .base import Store, check_key
 
 _MiB = 1 << 20
@@ -58,6 +63,12 @@ _CREDENTIAL_CODES = {
     "403",
     "Forbidden",
 }
+# A lock's holder rewrites it every LOCK_BEAT_S; one not rewritten for LOCK_STALE_S (by the server's clock) is a dead
+# holder's and is taken over. Four missed beats: a slow request is not a death.
+LOCK_BEAT_S = 30.0
+LOCK_STALE_S = 120.0
+_PRECONDITION = {409, 412}  # 412 PreconditionFailed; 409 ConditionalRequestConflict (two conditional writes raced)
+
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound", "Not Found"}
 _BARE_404 = {"", "404", "NotFound", "Not Found"}  # a HEAD's 404: no body, so no code saying what is missing
 
@@ -295,6 +306,68 @@ class S3Store(Store):
         full = self._full(key)
         with self._request(self.url(key)):
             self._client().delete_object(Bucket=self.bucket, Key=full)  # idempotent: no error if absent
+
+    @contextmanager
+    def lock(self, key: str, holder: str, *, beat_s: float = LOCK_BEAT_S,
+             stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+        """A lease: created only where absent (If-None-Match: *), refreshed every beat_s by a thread only while
+        it is still ours (If-Match: our ETag), deleted on release if still ours. A lock whose Last-Modified is
+        stale_s older than the server's Date is a dead holder's (SIGKILL, a lost node) and is taken over once."""
+        full, body = self._full(key), (holder + "\n").encode()
+        for takeover in (False, True):
+            try:
+                with self._request(self.url(key)):
+                    etag = self._client().put_object(Bucket=self.bucket, Key=full, Body=body, IfNoneMatch="*")["ETag"]
+                break
+            except StorageError as e:
+                if _status(e.__cause__) not in _PRECONDITION:
+                    raise
+            other, age = self._lock_holder(full)
+            if takeover or (age is not None and age < stale_s):
+                raise RunBusyError(f"{self.uri} is in use by {other}; wait for it to end (or stop it), then rerun to "
+                                   "resume") from None
+            if age is not None:  # stale (None: released in between): take it over, and try once more
+                print(f"lt-ssl: {self.url(key)}: taking over a lock not refreshed for {age:.0f} s ({other})",
+                      file=sys.stderr)
+                self.delete(key)
+        stop, lost = threading.Event(), threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(beat_s):
+                try:
+                    with self._request(self.url(key)):
+                        self._client().put_object(Bucket=self.bucket, Key=full, Body=body, IfMatch=etag)
+                except StorageError as e:
+                    if _status(e.__cause__) in _PRECONDITION or _status(e.__cause__) == 404:
+                        lost.set()  # taken over (we looked dead) or deleted: never write it again
+                        print(f"lt-ssl: lost the lock {self.url(key)}; another runner may now write this run",
+                              file=sys.stderr)
+                        return
+                    # Unreachable for now: the next beat retries; a holder silent for stale_s may be taken over.
+
+        thread = threading.Thread(target=beat, name=f"lock-beat {key}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            head = None if lost.is_set() else self._head(full, self.url(key))
+            if head is not None and head.get("ETag") == etag:  # still ours: release it
+                self.delete(key)
+
+    def _lock_holder(self, full: str) -> tuple[str, float | None]:
+        """(who holds the lock, seconds since it was last written by the server's clock), or age None if absent."""
+        try:
+            with self._request(f"s3://{self.bucket}/{full}", reading=True):
+                obj = self._client().get_object(Bucket=self.bucket, Key=full)
+                text = obj["Body"].read().decode(errors="replace").strip()
+        except StorageError as e:
+            if _status(e.__cause__) == 404:
+                return "nobody", None
+            raise
+        now = email.utils.parsedate_to_datetime(obj["ResponseMetadata"]["HTTPHeaders"]["date"])
+        return text or "another process", (now - obj["LastModified"]).total_seconds()
 
     def _transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lt_ssl.data.remote import MARKER, resolve_data_root
-from lt_ssl.errors import DataError, RunUriError, StorageError
+from lt_ssl.errors import DataError, RunBusyError, RunUriError, StorageError
 from lt_ssl.store import open_store
 from lt_ssl.store.s3 import S3Store
 
@@ -340,3 +341,54 @@ def test_bad_tuning_variables_are_config_errors_not_retried(s3_bucket, monkeypat
     monkeypatch.setenv("LT_SSL_S3_MAX_ATTEMPTS", "many")
     with pytest.raises(ConfigError, match="LT_SSL_S3_MAX_ATTEMPTS='many'"):
         open_store(s3_bucket.uri("runs/r9")).read_bytes("config.yaml")
+
+
+# ------------------------------------------------------------------------------ lock (a lease on conditional writes)
+
+
+def _lock_body(s3_bucket, prefix: str) -> str | None:
+    try:
+        return s3_bucket.client.get_object(Bucket=s3_bucket.bucket, Key=f"{prefix}/.runner.lock")["Body"].read().decode()
+    except s3_bucket.client.exceptions.NoSuchKey:
+        return None
+
+
+def test_lock_refuses_a_second_holder_naming_the_first_and_is_gone_after_release(s3_bucket):
+    store = open_store(s3_bucket.uri("runs/locked"))
+    with store.lock(".runner.lock", "holder A"):
+        assert _lock_body(s3_bucket, "runs/locked") == "holder A\n"
+        with pytest.raises(RunBusyError) as e:
+            with open_store(s3_bucket.uri("runs/locked")).lock(".runner.lock", "holder B"):
+                pass
+        assert _one_line(e.value) == (f"s3://{s3_bucket.bucket}/runs/locked is in use by holder A; wait for it to end "
+                                      "(or stop it), then rerun to resume")
+    assert _lock_body(s3_bucket, "runs/locked") is None
+    with store.lock(".runner.lock", "holder B"):
+        pass
+
+
+def test_a_refreshed_lock_holds_and_an_abandoned_one_is_taken_over(s3_bucket, capsys):
+    store = open_store(s3_bucket.uri("runs/lease"))
+    with store.lock(".runner.lock", "beating", beat_s=0.3, stale_s=2):
+        time.sleep(3)  # past stale_s: only the refreshes keep it fresh
+        with pytest.raises(RunBusyError, match="in use by beating"):
+            with store.lock(".runner.lock", "newcomer", stale_s=2):
+                pass
+    # A holder killed outright leaves its lock object: arrange one written 3 s ago that nobody refreshes.
+    s3_bucket.client.put_object(Bucket=s3_bucket.bucket, Key="runs/lease/.runner.lock", Body=b"dead holder\n")
+    time.sleep(3)
+    with store.lock(".runner.lock", "newcomer", stale_s=2):
+        assert _lock_body(s3_bucket, "runs/lease") == "newcomer\n"
+    assert "taking over a lock not refreshed for" in capsys.readouterr().err
+
+
+def test_a_holder_whose_lock_was_taken_over_neither_refreshes_nor_deletes_it(s3_bucket, capsys):
+    store = open_store(s3_bucket.uri("runs/lost"))
+    with store.lock(".runner.lock", "slow holder", beat_s=0.3):
+        # Another runner judged it dead (stale_s=0) and took it over; the slow holder's next refresh fails.
+        with open_store(s3_bucket.uri("runs/lost")).lock(".runner.lock", "new holder", stale_s=0):
+            time.sleep(1)
+            assert _lock_body(s3_bucket, "runs/lost") == "new holder\n"
+        # The new holder released it; the slow one must not recreate or delete anything from here on.
+    assert _lock_body(s3_bucket, "runs/lost") is None
+    assert "lost the lock" in capsys.readouterr().err
