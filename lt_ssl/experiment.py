@@ -12,14 +12,16 @@ An experiment file (experiments/*.yaml):
     pending: [MSN]                      # variants whose method is not registered yet: "not yet run" rows
     axes:                               # config key -> values; the cells are their product (a list of
       data.imbalance: [10, 100]         # such mappings is the union of several products; a mapping's
-                                        # `variants: [...]` limits it to those variants)
+                                        # `variants: [...]` limits it to those variants, and its
+                                        # `overrides: [...]` apply to its cells, before the axis values)
       data.split: [0, 1, 2]
 
 Each cell is a plain `lt-ssl run` of the base config with its overrides, in PREFIX/<cell id>; the id is
 made of the variant and the axis values (`simsiam-c-d--imbalance-10--split-0`), so rerunning the same
 command resumes: the stage contract skips what is done, and a cell whose config changed is refused by
 write_config_once instead of overwritten. The report averages over data.split and seed; every other
-axis and the variant make a row.
+axis and the variant make a row. A `from` variant reports only the cells that train its model (a grid with
+`overrides: [baseline.enabled=false]` gives its `from: ..., model: baseline` variant no row there).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from .pipeline.local import cores
 from .pipeline.plan import PLANS
 from .pipeline.report import eval_order
 from .errors import ConfigError, LtSslError
-from .pipeline.contract import is_done
+from .pipeline.contract import is_done, trained_models
 from .store import normalize_uri, open_store
 
 _TOP_KEYS = ("name", "config", "overrides", "variants", "pending", "axes")
@@ -74,7 +76,7 @@ class Cell:
     id: str
     variant: str
     values: tuple[tuple[str, Any], ...]  # (full config key, value) per axis, in axis order
-    overrides: tuple[str, ...]  # experiment, variant, then axis overrides: later ones win
+    overrides: tuple[str, ...]  # experiment, variant, grid, then axis overrides: later ones win
     pending: bool
 
 
@@ -154,9 +156,10 @@ def load_experiment(path: str | Path) -> Experiment:
         only = grid.get("variants", list(variants))
         if not isinstance(only, list) or any(v not in variants for v in only):
             raise ConfigError(f"an axes grid's `variants` must list variant names among: {', '.join(variants)}")
+        grid_overrides = _strings(grid.get("overrides"), "an axes grid's `overrides`")
         resolved = {}
         for key, values in grid.items():
-            if key == "variants":
+            if key in ("variants", "overrides"):
                 continue
             full = _resolve_key(str(key))  # "unknown config key 'x'" straight from the config loader
             if not isinstance(values, list) or not values:
@@ -166,14 +169,14 @@ def load_experiment(path: str | Path) -> Experiment:
             resolved[full] = values
             if full not in axis_keys:
                 axis_keys.append(full)
-        resolved_grids.append((resolved, only))
+        resolved_grids.append((resolved, only, grid_overrides))
 
     cells: list[Cell] = []
     seen: dict[str, str] = {}
     for v in variants.values():
         if v.source is not None:
             continue
-        for grid, only in resolved_grids or [({}, list(variants))]:
+        for grid, only, grid_overrides in resolved_grids or [({}, list(variants), ())]:
             if v.name not in only:
                 continue
             for combo in product(*grid.values()):
@@ -185,7 +188,8 @@ def load_experiment(path: str | Path) -> Experiment:
                                       "names or the axis values distinct")
                 seen[cid] = where
                 axis_overrides = tuple(f"{k}={_yaml_scalar(x)}" for k, x in values)
-                cells.append(Cell(cid, v.name, values, common + v.overrides + axis_overrides, v.name in pending))
+                cells.append(Cell(cid, v.name, values, common + v.overrides + grid_overrides + axis_overrides,
+                                  v.name in pending))
     return Experiment(name, str(path), config, variants, tuple(axis_keys), tuple(cells))
 
 
@@ -304,6 +308,9 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
     for key, cells in groups.items():
         for v in exp.variants.values():
             own = [c for c in cells if c.variant == (v.source or v.name)]
+            if v.source is not None:  # another model of those cells: only where they train it
+                own = [c for c in own
+                       if c.pending or v.model in trained_models(load_config(exp.config, list(c.overrides)))]
             if own:
                 pending = own[0].pending
                 rows.append(row(v.name, v.name, v.model, key, [] if pending else own, pending))

@@ -49,6 +49,14 @@ def plan_of(cfg: Config) -> Plan:
     return PLANS[cfg.plan].for_run({s for m in run_methods(cfg) for s in METHODS[m.name].needs_stages})
 
 
+def trained_models(cfg: Config) -> tuple[str, ...]:
+    """The SSL models a run trains, under the names evaluate reports them: base; student where the plan distils;
+    baseline where the plan has the stage and baseline.enabled."""
+    names = plan_of(cfg).names
+    return ("base", *(("student",) if "distill" in names else ()),
+            *(("baseline",) if "baseline" in names and cfg.baseline.enabled else ()))
+
+
 def fan_out_ids(store: Store, plan: Plan, stage: Stage) -> list[int]:
     """The ids a fan-out stage runs over: the list its source stage wrote."""
     return store.read_json(plan.stage(stage.fan_out).output.source)

@@ -32,7 +32,7 @@ from ..train import Checkpointer, load_checkpoint, train
 from . import report
 from .plan import CONFIG_STAGES, OPTIONAL
 from .contract import (Outputs, check_needs, is_done, plan_of, read_config, run_methods, stage_prefix,
-                       write_config_once, write_output, write_success)
+                       trained_models, write_config_once, write_output, write_success)
 
 
 @dataclass
@@ -349,12 +349,12 @@ def evaluate(ctx: Context) -> dict:
     heads: dict[str, list[nn.Module]] = {}  # each SSL model's projection-head layers, for the head_layers probes
     base = base_model(ctx)
     models["base"], heads["base"] = base.backbone, base.projection_layers()
-    produced = plan_of(cfg).names  # evaluate what the run's plan trained
-    if "distill" in produced:
+    trained = trained_models(cfg)  # evaluate what the run's plan trained
+    if "student" in trained:
         student = DistillStudent(new_backbone(cfg, ctx.device), cfg.cluster.k + 1, models["base"].out_dim, cfg.distill.head_hidden)
         models["student"] = load_model(ctx.store, "distill/model.pt", student.to(ctx.device),
                                        f"distill/{cfg.backbone}/{cfg.cluster.k}").backbone
-    if "baseline" in produced and cfg.baseline.enabled:
+    if "baseline" in trained:
         b = load_model(ctx.store, "baseline/model.pt", new_method(cfg, cfg.baseline.method, ctx.device),
                        ssl_arch(cfg, cfg.baseline.method))
         models["baseline"], heads["baseline"] = b.backbone, b.projection_layers()

@@ -125,3 +125,21 @@ def test_report_carries_the_extra_probes_and_their_not_applicable_rows(tmp_path)
     pixels = next(line for line in md.splitlines() if line.startswith("| raw pixels"))
     assert pixels.endswith(" – |" * 8)  # its linear_p1 and finetune: not applicable
     assert "finetune_top1_mean" in report_csv(exp, rows, evals).splitlines()[0]
+
+
+def test_a_grid_s_overrides_apply_to_its_cells_and_a_from_variant_skips_cells_without_its_model(tmp_path):
+    # Experiment II's K sweep: the same-budget baseline (the `from` variant S) is trained only in the K=3 grid.
+    exp = _exp(tmp_path, "overrides: [baseline.enabled=true]\n"
+                         "variants:\n  CD: {overrides: [cluster.k=3], model: student}\n  S: {from: CD, model: baseline}\n"
+                         "axes:\n  - split: [0]\n"
+                         "  - {overrides: [baseline.enabled=false], cluster.k: [2], split: [0]}\n")
+    assert [(c.id, c.overrides) for c in exp.cells] == [
+        ("cd--split-0", ("baseline.enabled=true", "cluster.k=3", "data.split=0")),
+        ("cd--k-2--split-0", ("baseline.enabled=true", "cluster.k=3", "baseline.enabled=false", "cluster.k=2",
+                              "data.split=0"))]  # grid overrides after the variant's, before the axis values
+    metrics = {"cd--split-0": _metrics({"student": 0.7, "base": 0.6, "baseline": 0.65, "random": 0.3, "pixels": 0.5}),
+               "cd--k-2--split-0": _metrics({"student": 0.72, "base": 0.6, "random": 0.3, "pixels": 0.5})}
+    rows = [(r["row"], r["cluster.k"], r["status"]) for r in aggregate(exp, metrics) if r["variant"] != "floor"]
+    assert rows == [("CD", "", "done"), ("S", "", "done"), ("CD", 2, "done")]  # no S row where no baseline trains
+    with pytest.raises(ConfigError, match=r"an axes grid's `overrides` must be a list of key=value strings"):
+        _exp(tmp_path, "axes:\n  - {overrides: cluster.k=2, split: [0]}\n")
