@@ -50,7 +50,7 @@ from .pipeline.local import cores
 from .pipeline.plan import PLANS
 from .pipeline.report import eval_order
 from .errors import ConfigError, LtSslError
-from .pipeline.contract import is_done, trained_models
+from .pipeline.contract import MODEL_STAGES, SUCCESS, is_done, trained_models, training_stages
 from .store import normalize_uri, open_store
 
 _TOP_KEYS = ("name", "config", "overrides", "variants", "pending", "axes")
@@ -264,6 +264,23 @@ def cell_metrics(exp: Experiment, prefix: str) -> dict[str, dict | None]:
     return out
 
 
+def cell_stage_seconds(exp: Experiment, prefix: str) -> dict[str, dict[str, float]]:
+    """Cell id -> {stage: seconds} from its stages' _SUCCESS.json (an expert stage: its tasks summed), for the
+    finished cells: the wall time of each stage process, which depends on the machine and its load."""
+    out: dict[str, dict[str, float]] = {}
+    for cell in exp.cells:
+        store = open_store(cell_uri(prefix, cell))
+        if not store.exists(f"evaluate/{SUCCESS}"):
+            continue
+        seconds: dict[str, float] = {}
+        for key in store.list():
+            if key.endswith(f"/{SUCCESS}"):
+                stage = key.split("/", 1)[0]
+                seconds[stage] = seconds.get(stage, 0.0) + float(store.read_json(key).get("seconds") or 0.0)
+        out[cell.id] = seconds
+    return out
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1); the std of a single value is NaN (unknown), not 0."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
@@ -278,12 +295,15 @@ def evals_in(metrics: dict[str, dict | None]) -> tuple[str, ...]:
     return tuple(sorted(found, key=eval_order))
 
 
-def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[str] = EVALS) -> list[dict]:
+def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[str] = EVALS,
+              seconds: dict[str, dict[str, float]] | None = None) -> list[dict]:
     """Report rows: one per variant x non-repeat axis values, then the two floors per axis values.
 
-    Each row: {"row", "variant", "model", axis values..., "finished", "total", "status", and for each
-    eval and group "<eval>_<group>": (mean, std) in [0, 1] over the finished cells that report it, None where
-    none does (a probe not run, or not applicable to the model: null in metrics.json)}.
+    Each row: {"row", "variant", "model", axis values..., "finished", "total", "status", "train_minutes", and for
+    each eval and group "<eval>_<group>": (mean, std) in [0, 1] over the finished cells that report it, None where
+    none does (a probe not run, or not applicable to the model: null in metrics.json)}. train_minutes: the mean
+    over finished cells of the minutes of the stages that trained the row's model (contract.training_stages; from
+    `seconds`, cell_stage_seconds' map), None for the floors or without `seconds`.
     """
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     groups: dict[tuple, list[Cell]] = {}
@@ -297,6 +317,10 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
                              "finished": len(done), "total": len(cells)}
         r["status"] = ("pending: method not registered yet" if pending else
                        "not yet run" if not done else "partial" if len(done) < len(cells) else "done")
+        timed = [c for c in cells if c.id in (seconds or {})] if model in MODEL_STAGES else []
+        r["train_minutes"] = statistics.fmean(
+            sum(seconds[c.id].get(st, 0.0) for st in training_stages(load_config(exp.config, list(c.overrides)), model))
+            for c in timed) / 60 if timed else None
         for e in evals:
             reps = [m["models"][model].get(e) for m in done]
             for g in GROUPS:
@@ -355,22 +379,26 @@ def _fmt(ms: tuple[float, float] | None) -> str:
 
 def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) -> str:
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
-    head = ["row", *row_axes, "cells done", *[f"{e} {g if g != 'top1' else 'all'}" for e in evals for g in GROUPS]]
+    head = ["row", *row_axes, "cells done", "train min",
+            *[f"{e} {g if g != 'top1' else 'all'}" for e in evals for g in GROUPS]]
     lines = [f"# Experiment `{exp.name}`", "",
              f"Top-1 accuracy (%) on the test set, mean ± sample std over {' and '.join(REPEAT_KEYS)}; "
              "many/medium/few by the long-tailed pre-training subset's class counts. "
+             "train min: minutes of the stages that trained the row's model, mean over its finished cells (each "
+             "stage process's wall time, so it depends on the machine, its load and the threads a cell had). "
              f"Base config `{exp.config}`; experiment file `{exp.path}`.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         done = f"{r['finished']}/{r['total']}" + ("" if r["status"] in ("done", "partial") else f" ({r['status']})")
+        minutes = "–" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"
         cells = [_fmt(r[f"{e}_{g}"]) for e in evals for g in GROUPS]
-        lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, *cells]) + " |")
+        lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, minutes, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def report_csv(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) -> str:
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
-    cols = ["row", "variant", "model", *row_axes, "finished", "total", "status"]
+    cols = ["row", "variant", "model", *row_axes, "finished", "total", "status", "train_minutes"]
     stats = [f"{e}_{g}_{s}" for e in evals for g in GROUPS for s in ("mean", "std")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -381,7 +409,7 @@ def report_csv(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) 
             for g in GROUPS:
                 ms = r[f"{e}_{g}"]
                 vals += ["", ""] if ms is None else [f"{ms[0]:.6f}", "" if math.isnan(ms[1]) else f"{ms[1]:.6f}"]
-        w.writerow([r[c] for c in cols] + vals)
+        w.writerow([(f"{r[c]:.2f}" if c == "train_minutes" and r[c] is not None else r[c]) for c in cols] + vals)
     return buf.getvalue()
 
 
@@ -391,7 +419,7 @@ def report(exp: Experiment, prefix: str, out_dir: str | Path) -> list[dict]:
 
     metrics = cell_metrics(exp, prefix)
     evals = evals_in(metrics)
-    rows = aggregate(exp, metrics, evals)
+    rows = aggregate(exp, metrics, evals, cell_stage_seconds(exp, prefix))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals) + f"\n![{exp.name}]({exp.name}.png)\n")

@@ -49,12 +49,21 @@ def plan_of(cfg: Config) -> Plan:
     return PLANS[cfg.plan].for_run({s for m in run_methods(cfg) for s in METHODS[m.name].needs_stages})
 
 
+# The SSL models a run can train, under the names evaluate reports them, and the stage that trains each.
+MODEL_STAGES = {"base": "pretrain", "student": "distill", "baseline": "baseline"}
+
+
 def trained_models(cfg: Config) -> tuple[str, ...]:
-    """The SSL models a run trains, under the names evaluate reports them: base; student where the plan distils;
-    baseline where the plan has the stage and baseline.enabled."""
+    """The models this run trains: those whose stage is in its plan (the baseline stage only with baseline.enabled)."""
     names = plan_of(cfg).names
-    return ("base", *(("student",) if "distill" in names else ()),
-            *(("baseline",) if "baseline" in names and cfg.baseline.enabled else ()))
+    return tuple(m for m, stage in MODEL_STAGES.items()
+                 if stage in names and (stage != "baseline" or cfg.baseline.enabled))
+
+
+def training_stages(cfg: Config, model: str) -> set[str]:
+    """The stages whose work went into `model`: the stage that trains it and every stage that one needs."""
+    plan, stage = plan_of(cfg), MODEL_STAGES[model]
+    return {stage} | plan.ancestors(stage)
 
 
 def fan_out_ids(store: Store, plan: Plan, stage: Stage) -> list[int]:

@@ -83,12 +83,13 @@ class Plan:
     def depends(self, name: str) -> tuple[str, ...]:
         """The needs not already implied by another need: the DAG's edges, without redundant ones."""
         needs = self.stage(name).needs
-        return tuple(n for n in needs if not any(n in self._ancestors(m) for m in needs if m != n))
+        return tuple(n for n in needs if not any(n in self.ancestors(m) for m in needs if m != n))
 
-    def _ancestors(self, name: str) -> set[str]:
+    def ancestors(self, name: str) -> set[str]:
+        """Every stage `name` needs, directly or through another."""
         out: set[str] = set()
         for n in self.stage(name).needs:
-            out |= {n} | self._ancestors(n)
+            out |= {n} | self.ancestors(n)
         return out
 
 

@@ -93,6 +93,18 @@ def test_report_equals_mean_and_std_by_hand(finished, tmp_path):
                 values = [m[model][e][g] for m in metrics]
                 assert row[f"{e}_{g}"] == pytest.approx((statistics.mean(values), statistics.stdev(values))), (label, e, g)
     assert row["finished"] == 2
+
+    def stage_seconds(cell, stages):  # from each stage's _SUCCESS.json, the three experts' summed
+        store = open_store(cell_uri(prefix, cell))
+        return sum(store.read_json(k)["seconds"] for k in store.list() if k.endswith("/_SUCCESS.json")
+                   and k.split("/")[0] in stages)
+
+    base = next(r for r in rows if r["row"] == "SimSiam" and r["evaluate.protocol"] == "")  # the cells' base model
+    assert base["train_minutes"] == pytest.approx(
+        statistics.mean(stage_seconds(c, {"prepare", "pretrain"}) for c in cells) / 60)
+    student = next(r for r in rows if r["row"] == "SimSiam+C+D" and r["evaluate.protocol"] == "")
+    assert student["train_minutes"] == pytest.approx(statistics.mean(
+        stage_seconds(c, {"prepare", "pretrain", "cluster", "expert", "distill"}) for c in cells) / 60)
     msn = next(r for r in rows if r["row"] == "MSN")
     assert msn["status"].startswith("pending") and msn["knn_top1"] is None
     for ext in ("md", "csv", "png"):

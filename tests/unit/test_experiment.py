@@ -82,9 +82,9 @@ def test_report_is_mean_and_sample_std_over_splits_with_floors_and_unfinished_ro
     assert by[("random encoder (floor)", 10)]["knn_top1"][0] == pytest.approx(0.3)
     assert by[("raw pixels (floor)", 100)]["linear_top1"][0] == pytest.approx(0.2)
     md = report_markdown(exp, rows)
-    assert "| CD | 10 | 3/3 | 73.0 ± 2.6 |" in md
-    assert "| M | 100 | 0/3 (pending: method not registered yet) | – |" in md
-    assert "| CD | 100 | 1/3 | 60.0 |" in md
+    assert "| CD | 10 | 3/3 | – | 73.0 ± 2.6 |" in md  # train min: no stage times given
+    assert "| M | 100 | 0/3 (pending: method not registered yet) | – | – |" in md
+    assert "| CD | 100 | 1/3 | – | 60.0 |" in md
     assert len(report_csv(exp, rows).splitlines()) == 1 + len(rows) == 1 + 2 * (3 + 2)
 
 
@@ -120,8 +120,8 @@ def test_report_carries_the_extra_probes_and_their_not_applicable_rows(tmp_path)
     assert by["raw pixels (floor)"]["linear_p1_top1"] is None and by["random encoder (floor)"]["finetune_top1"] is None
     md = report_markdown(exp, rows, evals)
     assert "linear_p1 all" in md and "finetune few" in md
-    assert md.splitlines()[4].count("|") - 1 == 2 + 4 * 4  # columns: row, cells done (split is averaged), 4 evals x 4 groups
-    assert "| raw pixels (floor) | 2/2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 25.0 ± 0.0 |" in md
+    assert md.splitlines()[4].count("|") - 1 == 3 + 4 * 4  # row, cells done, train min (split averaged), 4 evals x 4 groups
+    assert "| raw pixels (floor) | 2/2 | – | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 25.0 ± 0.0 |" in md
     pixels = next(line for line in md.splitlines() if line.startswith("| raw pixels"))
     assert pixels.endswith(" – |" * 8)  # its linear_p1 and finetune: not applicable
     assert "finetune_top1_mean" in report_csv(exp, rows, evals).splitlines()[0]
@@ -143,3 +143,20 @@ def test_a_grid_s_overrides_apply_to_its_cells_and_a_from_variant_skips_cells_wi
     assert rows == [("CD", "", "done"), ("S", "", "done"), ("CD", 2, "done")]  # no S row where no baseline trains
     with pytest.raises(ConfigError, match=r"an axes grid's `overrides` must be a list of key=value strings"):
         _exp(tmp_path, "axes:\n  - {overrides: cluster.k=2, split: [0]}\n")
+
+
+def test_train_minutes_sum_the_stages_that_trained_the_row_s_model(tmp_path):
+    # The recipe with a baseline: the student's stages exclude the baseline, the baseline's exclude the recipe's.
+    exp = _exp(tmp_path, "overrides: [baseline.enabled=true]\n"
+                         "variants:\n  CD: {model: student}\n  S: {from: CD, model: baseline}\naxes:\n  split: [0, 1]\n")
+    metrics = {c.id: _metrics({"student": 0.7, "base": 0.6, "baseline": 0.65, "random": 0.3, "pixels": 0.5})
+               for c in exp.cells}
+    stage_s = {"prepare": 6, "pretrain": 600, "baseline": 1500, "cluster": 30, "expert": 300, "distill": 600,
+               "evaluate": 240}
+    seconds = {"cd--split-0": stage_s, "cd--split-1": {k: 2 * v for k, v in stage_s.items()}}
+    by = {r["row"]: r for r in aggregate(exp, metrics, seconds=seconds)}
+    student = (6 + 600 + 30 + 300 + 600) / 60  # prepare, pretrain, cluster, expert, distill; not baseline or evaluate
+    assert by["CD"]["train_minutes"] == pytest.approx(1.5 * student)  # the mean of 1x and 2x
+    assert by["S"]["train_minutes"] == pytest.approx(1.5 * (6 + 1500) / 60)
+    assert by["raw pixels (floor)"]["train_minutes"] is None
+    assert "| CD | 2/2 | 38 |" in report_markdown(exp, list(by.values()))
