@@ -324,6 +324,7 @@ class S3Store(Store):
                     raise
             other, age = self._lock_holder(full)
             if takeover or (age is not None and age < stale_s):
+                other = other if age is not None else "another runner"  # it changed hands while we looked
                 raise RunBusyError(f"{self.uri} is in use by {other}; wait for it to end (or stop it), then rerun to "
                                    "resume") from None
             if age is not None:  # stale (None: released in between): take it over, and try once more
@@ -352,9 +353,13 @@ class S3Store(Store):
         finally:
             stop.set()
             thread.join()
-            head = None if lost.is_set() else self._head(full, self.url(key))
-            if head is not None and head.get("ETag") == etag:  # still ours: release it
-                self.delete(key)
+            try:
+                head = None if lost.is_set() else self._head(full, self.url(key))
+                if head is not None and head.get("ETag") == etag:  # still ours: release it
+                    self.delete(key)
+            except StorageError as e:  # never hide why the with-block ended behind a failed release
+                print(f"lt-ssl: could not release the lock {self.url(key)} ({e}); the next runner takes it over "
+                      f"after {stale_s:.0f} s", file=sys.stderr)
 
     def _lock_holder(self, full: str) -> tuple[str, float | None]:
         """(who holds the lock, seconds since it was last written by the server's clock), or age None if absent."""
@@ -364,7 +369,7 @@ class S3Store(Store):
                 text = obj["Body"].read().decode(errors="replace").strip()
         except StorageError as e:
             if _status(e.__cause__) == 404:
-                return "nobody", None
+                return "", None
             raise
         now = email.utils.parsedate_to_datetime(obj["ResponseMetadata"]["HTTPHeaders"]["date"])
         return text or "another process", (now - obj["LastModified"]).total_seconds()

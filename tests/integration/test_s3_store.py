@@ -392,3 +392,16 @@ def test_a_holder_whose_lock_was_taken_over_neither_refreshes_nor_deletes_it(s3_
         # The new holder released it; the slow one must not recreate or delete anything from here on.
     assert _lock_body(s3_bucket, "runs/lost") is None
     assert "lost the lock" in capsys.readouterr().err
+
+
+def test_a_failed_release_does_not_hide_why_the_block_ended(s3_bucket, capsys, monkeypatch):
+    store = open_store(s3_bucket.uri("runs/gone"))
+
+    def unreachable(*_):
+        raise StorageError("S3 request for the lock failed (connection refused)")
+
+    with pytest.raises(ValueError, match="the stage's own failure"):
+        with store.lock(".runner.lock", "holder"):
+            monkeypatch.setattr(store, "_head", unreachable)  # the store is unreachable by release time
+            raise ValueError("the stage's own failure")
+    assert "could not release the lock" in capsys.readouterr().err
