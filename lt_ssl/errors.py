@@ -42,6 +42,10 @@ class StageError(LtSslError):
 class RunBusyError(LtSslError):
     """Another runner holds the run: two runners on one run would write the same artifacts."""
 
+    @classmethod
+    def held_by(cls, uri: str, holder: str) -> RunBusyError:
+        return cls(f"{uri} is in use by {holder}; wait for it to end (or stop it), then rerun to resume")
+
 
 class StorageError(LtSslError):
     """The artifact store failed (unreachable endpoint, bad credentials, missing bucket)."""

@@ -111,8 +111,7 @@ class LocalStore(Store):
             except BlockingIOError:
                 f.seek(0)
                 other = f.read().strip() or "another process"
-                raise RunBusyError(f"{self.uri} is in use by {other}; wait for it to end (or stop it), then rerun to "
-                                   "resume") from None
+                raise RunBusyError.held_by(self.uri, other) from None
             f.truncate(0)
             f.write(holder + "\n")
             f.flush()

@@ -325,8 +325,7 @@ class S3Store(Store):
             other, age = self._lock_holder(full)
             if takeover or (age is not None and age < stale_s):
                 other = other if age is not None else "another runner"  # it changed hands while we looked
-                raise RunBusyError(f"{self.uri} is in use by {other}; wait for it to end (or stop it), then rerun to "
-                                   "resume") from None
+                raise RunBusyError.held_by(self.uri, other) from None
             if age is not None:  # stale (None: released in between): take it over, and try once more
                 print(f"lt-ssl: {self.url(key)}: taking over a lock not refreshed for {age:.0f} s ({other})",
                       file=sys.stderr)
