@@ -317,10 +317,11 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
                              "finished": len(done), "total": len(cells)}
         r["status"] = ("pending: method not registered yet" if pending else
                        "not yet run" if not done else "partial" if len(done) < len(cells) else "done")
-        timed = [c for c in cells if c.id in (seconds or {})] if model in MODEL_STAGES else []
-        r["train_minutes"] = statistics.fmean(
-            sum(seconds[c.id].get(st, 0.0) for st in training_stages(load_config(exp.config, list(c.overrides)), model))
-            for c in timed) / 60 if timed else None
+        timed = [c for c in cells if c.id in (seconds or {})] if model in MODEL_STAGES else []  # floors: none
+        per_cell = [sum(seconds[c.id].get(stage, 0.0)
+                        for stage in training_stages(load_config(exp.config, list(c.overrides)), model))
+                    for c in timed]
+        r["train_minutes"] = statistics.fmean(per_cell) / 60 if per_cell else None
         for e in evals:
             reps = [m["models"][model].get(e) for m in done]
             for g in GROUPS:
