@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from .config import _resolve_key, config_hash, load_config
+from .config import Config, _resolve_key, config_hash, load_config
 from .pipeline.local import cores
 from .pipeline.plan import PLANS
 from .pipeline.report import eval_order
@@ -55,12 +55,12 @@ from .store import normalize_uri, open_store
 
 _TOP_KEYS = ("name", "config", "overrides", "variants", "pending", "axes")
 _VARIANT_KEYS = ("overrides", "model", "from")
-MODELS = ("base", "baseline", "student", "random", "pixels")
 # Averaged over, not a row: the literature's mean ± std is over splits (and seeds).
 REPEAT_KEYS = ("data.split", "seed")
 EVALS = ("knn", "linear")  # every run has these; evaluate.extra_probes add columns where a finished cell has them
 GROUPS = ("top1", "many", "medium", "few")
 FLOORS = {"random": "random encoder (floor)", "pixels": "raw pixels (floor)"}
+MODELS = (*MODEL_STAGES, *FLOORS)  # what a variant may report
 
 
 @dataclass(frozen=True)
@@ -306,6 +306,7 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
     `seconds`, cell_stage_seconds' map), None for the floors or without `seconds`.
     """
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
+    configs = {c.id: load_config(exp.config, list(c.overrides)) for c in exp.cells if not c.pending}
     groups: dict[tuple, list[Cell]] = {}
     for cell in exp.cells:
         key = tuple(dict(cell.values).get(k, "") for k in row_axes)  # "": the base config's value
@@ -319,7 +320,7 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
                        "not yet run" if not done else "partial" if len(done) < len(cells) else "done")
         timed = [c for c in cells if c.id in (seconds or {})] if model in MODEL_STAGES else []  # floors: none
         per_cell = [sum(seconds[c.id].get(stage, 0.0)
-                        for stage in training_stages(load_config(exp.config, list(c.overrides)), model))
+                        for stage in training_stages(configs[c.id], model))
                     for c in timed]
         r["train_minutes"] = statistics.fmean(per_cell) / 60 if per_cell else None
         for e in evals:
@@ -335,17 +336,17 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
             own = [c for c in cells if c.variant == (v.source or v.name)]
             if v.source is not None:  # another model of those cells: only where they train it
                 own = [c for c in own
-                       if c.pending or v.model in trained_models(load_config(exp.config, list(c.overrides)))]
+                       if c.pending or v.model in trained_models(configs[c.id])]
             if own:
                 pending = own[0].pending
                 rows.append(row(v.name, v.name, v.model, key, [] if pending else own, pending))
                 if pending:
                     rows[-1]["total"] = len(own)
-        rows += floor_rows(exp, key, [c for c in cells if not c.pending], metrics, row)
+        rows += floor_rows(key, [c for c in cells if not c.pending], configs, metrics, row)
     return rows
 
 
-def floor_rows(exp: Experiment, key: tuple, cells: list[Cell], metrics: dict[str, dict | None],
+def floor_rows(key: tuple, cells: list[Cell], configs: dict[str, Config], metrics: dict[str, dict | None],
                row: Callable[..., dict]) -> list[dict]:
     """The floors of one row group: raw pixels, and an untrained encoder of each backbone its variants train.
 
@@ -355,7 +356,7 @@ def floor_rows(exp: Experiment, key: tuple, cells: list[Cell], metrics: dict[str
     """
     by_backbone: dict[str, list[Cell]] = {}
     for c in cells:
-        by_backbone.setdefault(load_config(exp.config, list(c.overrides)).backbone, []).append(c)
+        by_backbone.setdefault(configs[c.id].backbone, []).append(c)
 
     def source(candidates: list[Cell]) -> list[Cell]:
         variants = list(dict.fromkeys(c.variant for c in candidates))

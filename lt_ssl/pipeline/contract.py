@@ -50,7 +50,7 @@ def plan_of(cfg: Config) -> Plan:
 
 
 # The SSL models a run can train, under the names evaluate reports them, and the stage that trains each.
-MODEL_STAGES = {"base": "pretrain", "student": "distill", "baseline": "baseline"}
+MODEL_STAGES = {"base": "pretrain", "baseline": "baseline", "student": "distill"}  # the recipe's output last
 
 
 def trained_models(cfg: Config) -> tuple[str, ...]:

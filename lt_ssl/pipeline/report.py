@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..config import Config
 from ..store import Store
+from .contract import MODEL_STAGES
 from .plan import PLANS
 
 GROUPS = ("top1", "many", "medium", "few")
-MODEL_ORDER = ("pixels", "random", "base", "baseline", "student")  # the floors first, the recipe's output last
+MODEL_ORDER = ("pixels", "random", *MODEL_STAGES)  # the floors first, then the trained models
 
 
 def eval_order(evaluation: str) -> tuple:
