@@ -54,7 +54,7 @@ def _die_with_runner(runner: int) -> None:
         except ProcessLookupError:  # already gone
             pass
         except (AttributeError, OSError):  # no pidfd here (macOS, an old kernel): look once a second
-            while _alive(runner):
+            while _runner_alive(runner):
                 time.sleep(1.0)
         else:
             select.select([pidfd], [], [])
@@ -63,7 +63,9 @@ def _die_with_runner(runner: int) -> None:
     threading.Thread(target=gone, name="die-with-runner", daemon=True).start()
 
 
-def _alive(pid: int) -> bool:
+def _runner_alive(pid: int) -> bool:
+    """Whether our runner (a process of this user) still runs. Unlike store.local._alive, which keeps another
+    user's temp files, a pid owned by another user answers no: the pid was reused."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
