@@ -49,7 +49,8 @@ from .config import Config, _resolve_key, config_hash, load_config
 from .pipeline.local import cores
 from .pipeline.plan import PLANS
 from .pipeline.report import eval_order
-from .errors import ConfigError, LtSslError
+from .pipeline.sigterm import ForwardSigterm
+from .errors import EXIT_PREEMPTED, ConfigError, LtSslError
 from .pipeline.contract import MODEL_STAGES, SUCCESS, is_done, trained_models, training_stages
 from .store import normalize_uri, open_store
 
@@ -228,22 +229,31 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
         todo.append(cell)
     pool = max(1, min(parallel, len(todo)))
     threads = max(1, cores() // pool)  # as the local runner does: share the cores, do not oversubscribe
+    sigterm = ForwardSigterm()  # SIGTERM stops each running cell's runner, which stops its stages at a checkpoint
 
     def one(cell: Cell) -> int:
         cmd = [sys.executable, "-m", "lt_ssl", "run", "--config", exp.config, "--run", cell_uri(prefix, cell)]
         cmd += (["--device", device] if device else []) + (["--debug"] if debug else []) + list(cell.overrides)
+        proc = sigterm.start(lambda: subprocess.Popen(cmd, env=os.environ | {"LT_SSL_THREADS": str(threads)},
+                                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        if proc is None:
+            return EXIT_PREEMPTED
         print(f"[{cell.id}] running ({threads} threads)", file=sys.stderr, flush=True)
         # The cell's own lines, each tagged with its id, as Argo's log view tags a pod's: cells run side by side.
-        with subprocess.Popen(cmd, env=os.environ | {"LT_SSL_THREADS": str(threads)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) as proc:
+        with proc:
             for line in proc.stdout:
                 print(f"[{cell.id}] {line}", end="", file=sys.stderr, flush=True)
+        sigterm.release(proc)
         print(f"[{cell.id}] " + ("done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"),
               file=sys.stderr, flush=True)
         return proc.returncode
 
-    with ThreadPoolExecutor(pool) as ex:
+    with sigterm, ThreadPoolExecutor(pool) as ex:
         codes = list(ex.map(one, todo))
+    if sigterm.stopping and any(codes):
+        print("lt-ssl: SIGTERM: stopped, each running cell at a checkpoint; rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_PREEMPTED
     failed = [c.id for c, code in zip(todo, codes) if code != 0]
     if failed:
         print(f"lt-ssl: {len(failed)} of {len(todo)} cells failed ({', '.join(failed)}); rerun the same command "

@@ -33,12 +33,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..config import Config, config_hash, load_config
-from ..errors import LtSslError
+from ..errors import EXIT_PREEMPTED, LtSslError
 from ..progress import PROGRESS_ENV
 from ..store import Store, normalize_uri, open_store
 from .contract import is_done, plan_of, stage_prefix, write_config_once, write_output
 from .plan import stage_argv
 from .report import results_table
+from .sigterm import ForwardSigterm
 
 
 def _die_with_runner(runner: int) -> None:
@@ -124,9 +125,19 @@ def _execute(argv: list[str], threads: int, device: str | None, debug: bool, pro
         args += ["--debug"]
     env = os.environ | {"LT_SSL_THREADS": str(threads)} | ({} if progress else {PROGRESS_ENV: "0"})
     print("$ " + " ".join(argv), file=sys.stderr, flush=True)
-    proc = _forks.Process(target=_stage_process, args=(args, env, _RunnerStdio(), os.getpid()))
-    proc.start()
-    proc.join()
+
+    def start() -> multiprocessing.process.BaseProcess:
+        proc = _forks.Process(target=_stage_process, args=(args, env, _RunnerStdio(), os.getpid()))
+        proc.start()
+        return proc
+
+    proc = _SIGTERM.start(start)
+    if proc is None:  # the runner got SIGTERM before this stage began
+        return EXIT_PREEMPTED
+    try:
+        proc.join()
+    finally:
+        _SIGTERM.release(proc)
     return proc.exitcode  # negative: killed by that signal, as subprocess reports it
 
 
@@ -139,6 +150,8 @@ def default_run_uri(name: str) -> str:
 # the experts) and each process holds its own copy of the data.
 MAX_DEFAULT_WORKERS = 4
 RUNNER_LOCK = ".runner.lock"  # hidden: a local run folder's listing does not show it
+# SIGTERM is the process's, not a run's: one forwarder, entered by each run this process makes.
+_SIGTERM = ForwardSigterm()
 
 
 def cores() -> int:
@@ -153,7 +166,8 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int | N
     store = open_store(run_uri)
     print(f"run: {run_uri}", file=sys.stderr)
     since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    with store.lock(RUNNER_LOCK, f"lt-ssl run (pid {os.getpid()} on {socket.gethostname()}, since {since})"):
+    holder = f"lt-ssl run (pid {os.getpid()} on {socket.gethostname()}, since {since})"
+    with store.lock(RUNNER_LOCK, holder), _SIGTERM:
         write_config_once(store, cfg)  # refuses a different config for an existing run before anything runs
         return _run_plan(cfg, store, run_uri, config, overrides, workers, device, debug)
 
@@ -206,7 +220,7 @@ def _run_plan(cfg: Config, store: Store, run_uri: str, config: str, overrides: l
                             unblocked = True
                 # After a failure no new stage starts, but a fan-out's remaining tasks still do (their work is
                 # independent and kept for the resume, as Argo runs every withParam item).
-                startable = [t for t in ready if code == 0 or t[0] in started]
+                startable = [t for t in ready if not _SIGTERM.stopping and (code == 0 or t[0] in started)]
                 start = startable[:max(0, workers - len(running))]
                 for t in start:
                     ready.remove(t)
@@ -223,13 +237,19 @@ def _run_plan(cfg: Config, store: Store, run_uri: str, config: str, overrides: l
                 for future in done:
                     name = running.pop(future)
                     rc = future.result()
-                    if rc != 0 and code == 0:
+                    if rc != 0 and _SIGTERM.stopping:  # not a failure: reported once, below
+                        code = code or EXIT_PREEMPTED
+                    elif rc != 0 and code == 0:
                         code = rc
                         print(f"lt-ssl: stage {name} failed (exit {code}); fix the cause and rerun the same command "
                               f"with --run {run_uri} to resume", file=sys.stderr)
                     left[name] -= 1
                     if left[name] == 0 and rc == 0:
                         finished.add(name)
+        if _SIGTERM.stopping and (code != 0 or waiting or ready):
+            print(f"lt-ssl: SIGTERM: stopped, each training stage at a checkpoint; rerun the same command with "
+                  f"--run {run_uri} to resume", file=sys.stderr)
+            return EXIT_PREEMPTED
         if code != 0:
             return code
     metrics = store.read_json("evaluate/metrics.json")

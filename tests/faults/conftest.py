@@ -13,7 +13,12 @@ import io
 import multiprocessing
 import os
 import pickle
+import queue
 import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -28,10 +33,55 @@ from tests.integration.conftest import s3_bucket, s3_server  # noqa: F401 - moto
 from ._child import Spec
 
 ONE_THREAD = {"LT_SSL_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+GRACE_S = 30  # Kubernetes' default terminationGracePeriodSeconds: SIGTERM to SIGKILL
 RESUME = re.compile(r"\[(?P<name>[\w-]+)\] resuming from epoch (?P<epoch>\d+) step (?P<step>\d+)")
 
 
 # ------------------------------------------------------------------------------------ processes
+
+
+class Cli:
+    """A real `python -m lt_ssl ...` process (one thread), its stderr read line by line as it comes."""
+
+    def __init__(self, args: list[str]):
+        self.proc = subprocess.Popen([sys.executable, "-m", "lt_ssl", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env=os.environ | ONE_THREAD)
+        self.seen: list[str] = []
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(ln) for ln in self.proc.stderr] + [self._lines.put(None)],
+                         daemon=True).start()
+
+    def until(self, needle: str, timeout: float = 180) -> None:
+        """Read stderr until a line holds `needle`; fails if the process ends or the time runs out first."""
+        deadline = time.monotonic() + timeout
+        while not any(needle in ln for ln in self.seen):
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.log
+            try:
+                ln = self._lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            assert ln is not None, self.log
+            self.seen.append(ln)
+
+    def sigterm(self, grace_s: float) -> tuple[int, float]:
+        """SIGTERM, then wait up to grace_s: (exit code, seconds from the signal to the exit); reads all of stderr."""
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(grace_s)
+        took = time.monotonic() - t0
+        self.finish()
+        return rc, took
+
+    def finish(self) -> str:
+        """Read stderr to its end (the process has exited or is about to); the whole log."""
+        while (ln := self._lines.get(timeout=600)) is not None:
+            self.seen.append(ln)
+        self.proc.wait()
+        return self.log
+
+    @property
+    def log(self) -> str:
+        return "".join(self.seen)
 
 
 class Child:

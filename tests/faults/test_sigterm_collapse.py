@@ -11,14 +11,8 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import random
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,10 +23,7 @@ from lt_ssl.pipeline import local
 from lt_ssl.store import open_store
 from tests.conftest import QUICKSTART, REPO, TINY
 
-from .conftest import ONE_THREAD, RESUME, cifar_overrides, write_cifar10
-
-GRACE_S = 30  # Kubernetes' default terminationGracePeriodSeconds
-
+from .conftest import GRACE_S, RESUME, Cli, cifar_overrides, write_cifar10
 
 def _retry_expressions() -> list[str]:
     found = []
@@ -65,29 +56,11 @@ def test_sigterm_writes_a_checkpoint_in_the_grace_period_exits_75_and_the_rerun_
     for r in (run, ref):
         rc, log = forked.run(["stage", "prepare", "--run", r.as_uri(), "--config", QUICKSTART, *overrides])
         assert rc == 0, log
-    # A real `lt-ssl stage` process, as a pod runs it.
-    proc = subprocess.Popen([sys.executable, "-m", "lt_ssl", "stage", "pretrain", "--run", run.as_uri()],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ | ONE_THREAD)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr] + [lines.put(None)], daemon=True).start()
-    seen = []
-    deadline = time.monotonic() + 120
-    while not any("[pretrain] epoch 1/10" in ln for ln in seen):
-        assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
-        try:
-            ln = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        assert ln is not None, "".join(seen)
-        seen.append(ln)
+    cli = Cli(["stage", "pretrain", "--run", run.as_uri()])  # a real `lt-ssl stage` process, as a pod runs it
+    cli.until("[pretrain] epoch 1/10")
     time.sleep(random.Random(7).uniform(0.0, 0.1))  # somewhere in epoch 2
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(GRACE_S)
-    took = time.monotonic() - t0
-    while (ln := lines.get(timeout=10)) is not None:
-        seen.append(ln)
-    err = "".join(seen)
+    rc, took = cli.sigterm(GRACE_S)
+    err = cli.log
     assert rc == 75, err
     assert took < GRACE_S / 3, f"{took:.1f} s from SIGTERM to exit"
     assert "Traceback" not in err

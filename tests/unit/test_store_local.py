@@ -60,7 +60,6 @@ def test_a_killed_writers_temp_file_is_removed_on_the_next_start(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from lt_ssl.store.local import _HOST
 

@@ -10,7 +10,6 @@ import pytest
 from lt_ssl import compare
 from lt_ssl.cli import build_parser
 from lt_ssl.errors import ConfigError, StageError
-from lt_ssl.pipeline import validate
 from lt_ssl.pipeline.argo import REGRESSION_CELLS
 from lt_ssl.store import open_store
 
