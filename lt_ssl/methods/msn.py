@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from lt_ssl.errors import ConfigError
 from lt_ssl.methods.base import Batch, Method, Paper
+from lt_ssl.models.backbones import PATCH_BACKBONES
 from lt_ssl.models.heads import mlp_layers
 from lt_ssl.schema import Float, Section
 
@@ -133,7 +134,7 @@ class MSN(Method):
         super().__init__(backbone, cfg)
         if not hasattr(backbone, "patch_size"):
             raise ConfigError(f"method {cfg.name} drops image patches and needs a ViT backbone; "
-                              f"set backbone=vit_tiny")
+                              f"set backbone={min(PATCH_BACKBONES)}")
         self.projector = msn_projector(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
         bound = cfg.proj_dim ** -0.5
         self.prototypes = nn.Parameter(torch.empty(cfg.num_prototypes, cfg.proj_dim).uniform_(-bound, bound))

@@ -196,7 +196,7 @@ CASES = [
     Case("negative-imbalance", prepare_digits("data.imbalance=-10"), "data.imbalance must be >= 1"),
     Case("zero-clusters", prepare_digits("cluster.k=0"), "cluster.k must be >= 1, got 0"),
     Case("ambiguous-override", prepare_digits("epochs=3"), "override key 'epochs' is ambiguous: use one of pretrain.epochs"),
-    Case("unknown-choice", prepare_digits("backbone=resnet1000"), "config key 'backbone' must be one of resnet18_cifar, resnet18, small_cnn, vit_tiny"),
+    Case("unknown-choice", prepare_digits("backbone=resnet1000"), "config key 'backbone' must be one of resnet18_cifar, resnet18, small_cnn, vit_tiny, vit_tiny_p7"),
     Case("missing-config-file", lambda c: ["stage", "prepare", "--run", c.fresh.as_uri(), "--config", str(c.tmp / "nope.yaml")],
          "does not exist; see configs/ for examples"),
     Case("config-not-yaml", with_config_file("seed: [1, 2\n"), "is not valid YAML"),

@@ -42,7 +42,7 @@ def test_overrides_dotted_and_unambiguous_leaf():
     (["method.proj_layers=4"], "config key 'method.proj_layers' must be one of 2, 3, got 4"),
     (["data.dataset=svhn"], "must be one of digits"),
     (["pretrain.optimizer=adam"], "'pretrain.optimizer' must be one of sgd, lars, adamw"),
-    (["backbone=vit"], "'backbone' must be one of resnet18_cifar, resnet18, small_cnn, vit_tiny"),
+    (["backbone=vit"], "'backbone' must be one of resnet18_cifar, resnet18, small_cnn, vit_tiny, vit_tiny_p7"),
     (["method.name=msn"], "method.name=msn drops image patches and needs a ViT backbone, got backbone=small_cnn; set "
                           "backbone=vit_tiny"),
     (["baseline.enabled=true", "baseline.method.name=pmsn"], "baseline.method.name=pmsn drops image patches"),
