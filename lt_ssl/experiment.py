@@ -389,7 +389,15 @@ def _fmt(ms: tuple[float, float] | None) -> str:
     return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) -> str:
+def compute_line(seconds: dict[str, dict[str, float]]) -> str:
+    """The experiment's cost so far: its finished cells and the stage time they took in all (cell_stage_seconds)."""
+    total_h = sum(sum(by_stage.values()) for by_stage in seconds.values()) / 3600
+    return (f"Compute so far: {len(seconds)} finished cells, {total_h:.1f} h of stage time in all (the sum of every "
+            "stage process's wall time; cells that ran side by side overlap in wall-clock time).")
+
+
+def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS,
+                    seconds: dict[str, dict[str, float]] | None = None) -> str:
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     head = ["row", *row_axes, "cells done", "train min",
             *[f"{e} {g if g != 'top1' else 'all'}" for e in evals for g in GROUPS]]
@@ -399,6 +407,7 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
              "train min: minutes of the stages that trained the row's model, mean over its finished cells (each "
              "stage process's wall time, so it depends on the machine, its load and the threads a cell had). "
              f"Base config `{exp.config}`; experiment file `{exp.path}`.", "",
+             *([compute_line(seconds), ""] if seconds is not None else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         done = f"{r['finished']}/{r['total']}" + ("" if r["status"] in ("done", "partial") else f" ({r['status']})")
@@ -431,10 +440,12 @@ def report(exp: Experiment, prefix: str, out_dir: str | Path) -> list[dict]:
 
     metrics = cell_metrics(exp, prefix)
     evals = evals_in(metrics)
-    rows = aggregate(exp, metrics, evals, cell_stage_seconds(exp, prefix))
+    seconds = cell_stage_seconds(exp, prefix)
+    rows = aggregate(exp, metrics, evals, seconds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals) + f"\n![{exp.name}]({exp.name}.png)\n")
+    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals, seconds)
+                                        + f"\n![{exp.name}]({exp.name}.png)\n")
     (out / f"{exp.name}.csv").write_text(report_csv(exp, rows, evals))
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     labels = [" ".join([r["row"], *[f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in row_axes]]) for r in rows]

@@ -159,4 +159,7 @@ def test_train_minutes_sum_the_stages_that_trained_the_row_s_model(tmp_path):
     assert by["CD"]["train_minutes"] == pytest.approx(1.5 * student)  # the mean of 1x and 2x
     assert by["S"]["train_minutes"] == pytest.approx(1.5 * (6 + 1500) / 60)
     assert by["raw pixels (floor)"]["train_minutes"] is None
-    assert "| CD | 2/2 | 38 |" in report_markdown(exp, list(by.values()))
+    md = report_markdown(exp, list(by.values()), seconds=seconds)
+    assert "| CD | 2/2 | 38 |" in md
+    hours = 3 * sum(stage_s.values()) / 3600  # split 1 took twice split 0's
+    assert f"Compute so far: 2 finished cells, {hours:.1f} h of stage time in all" in md
