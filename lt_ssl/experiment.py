@@ -10,6 +10,8 @@ An experiment file (experiments/*.yaml):
       SimSiam+D:   {overrides: [cluster.k=1], model: student}
       SimSiam:     {from: SimSiam+C+D, model: baseline}   # no runs of its own: another model of those cells
     pending: [MSN]                      # variants whose method is not registered yet: "not yet run" rows
+    differences:                        # optional: paired, split-by-split differences in the report
+      - {by: variant, reference: SimSiam}   # (lt_ssl/differences.py; `by` may also be an axis key)
     axes:                               # config key -> values; the cells are their product (a list of
       data.imbalance: [10, 100]         # such mappings is the union of several products; a mapping's
                                         # `variants: [...]` limits it to those variants, and its
@@ -30,7 +32,6 @@ import argparse
 import csv
 import fnmatch
 import io
-import math
 import os
 import re
 import statistics
@@ -45,16 +46,19 @@ from typing import Any
 
 import yaml
 
+from . import differences
 from .config import Config, _resolve_key, config_hash, load_config
+from .differences import Difference
 from .pipeline.local import cores
 from .pipeline.plan import PLANS
 from .pipeline.report import eval_order
 from .pipeline.sigterm import ForwardSigterm
+from .stats import csv_mean_std, fmt_points, mean_std
 from .errors import EXIT_PREEMPTED, ConfigError, LtSslError
 from .pipeline.contract import MODEL_STAGES, SUCCESS, is_done, trained_models, training_stages
 from .store import normalize_uri, open_store
 
-_TOP_KEYS = ("name", "config", "overrides", "variants", "pending", "axes")
+_TOP_KEYS = ("name", "config", "overrides", "variants", "pending", "axes", "differences")
 _VARIANT_KEYS = ("overrides", "model", "from")
 # Averaged over, not a row: the literature's mean ± std is over splits (and seeds).
 REPEAT_KEYS = ("data.split", "seed")
@@ -89,6 +93,7 @@ class Experiment:
     variants: dict[str, Variant]
     axes: tuple[str, ...]  # every axis key, in order of first appearance
     cells: tuple[Cell, ...] = field(default=())
+    differences: tuple[Difference, ...] = ()  # the paired differences the report gives (lt_ssl/differences.py)
 
 
 def _slug(value: Any) -> str:
@@ -191,7 +196,11 @@ def load_experiment(path: str | Path) -> Experiment:
                 axis_overrides = tuple(f"{k}={_yaml_scalar(x)}" for k, x in values)
                 cells.append(Cell(cid, v.name, values, common + v.overrides + grid_overrides + axis_overrides,
                                   v.name in pending))
-    return Experiment(name, str(path), config, variants, tuple(axis_keys), tuple(cells))
+    diffs = differences.parse(raw.get("differences"), list(variants), _resolve_key)
+    for d in diffs:
+        if d.by != "variant" and d.by not in axis_keys:
+            raise ConfigError(f"`differences` by {d.by}: not an axis of this experiment ({', '.join(axis_keys)})")
+    return Experiment(name, str(path), config, variants, tuple(axis_keys), tuple(cells), diffs)
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -291,11 +300,6 @@ def cell_stage_seconds(exp: Experiment, prefix: str) -> dict[str, dict[str, floa
     return out
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1); the std of a single value is NaN (unknown), not 0."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
-
-
 def evals_in(metrics: dict[str, dict | None]) -> tuple[str, ...]:
     """EVALS, then any other evaluation (evaluate.extra_probes: linear_p1, finetune, ...) a finished cell reports."""
     found = list(EVALS)
@@ -323,7 +327,8 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
         groups.setdefault(key, []).append(cell)
 
     def row(label: str, variant: str, model: str, key: tuple, cells: list[Cell], pending: bool) -> dict:
-        done = [metrics[c.id] for c in cells if metrics.get(c.id) is not None]
+        finished = [c for c in cells if metrics.get(c.id) is not None]
+        done = [metrics[c.id] for c in finished]
         r: dict[str, Any] = {"row": label, "variant": variant, "model": model, **dict(zip(row_axes, key)),
                              "finished": len(done), "total": len(cells)}
         r["status"] = ("pending: method not registered yet" if pending else
@@ -333,11 +338,15 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
                         for stage in training_stages(configs[c.id], model))
                     for c in timed]
         r["train_minutes"] = statistics.fmean(per_cell) / 60 if per_cell else None
+        r["repeats"] = {}  # repeat key (split, seed) -> "<eval>_<group>" -> accuracy: the paired differences' input
+        for c in finished:
+            by_eval = metrics[c.id]["models"][model]
+            r["repeats"][tuple(dict(c.values).get(k, "") for k in REPEAT_KEYS)] = {
+                f"{e}_{g}": (by_eval.get(e) or {}).get(g) for e in evals for g in GROUPS}
         for e in evals:
-            reps = [m["models"][model].get(e) for m in done]
             for g in GROUPS:
-                values = [rep[g] for rep in reps if rep is not None]
-                r[f"{e}_{g}"] = _mean_std(values) if values else None
+                values = [rep[f"{e}_{g}"] for rep in r["repeats"].values() if rep[f"{e}_{g}"] is not None]
+                r[f"{e}_{g}"] = mean_std(values) if values else None
         return r
 
     rows = []
@@ -382,13 +391,6 @@ def floor_rows(key: tuple, cells: list[Cell], configs: dict[str, Config], metric
     return out
 
 
-def _fmt(ms: tuple[float, float] | None) -> str:
-    if ms is None:
-        return "–"
-    mean, std = ms
-    return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
 def compute_line(seconds: dict[str, dict[str, float]]) -> str:
     """The experiment's cost so far: its finished cells and the stage time they took in all (cell_stage_seconds)."""
     total_h = sum(sum(by_stage.values()) for by_stage in seconds.values()) / 3600
@@ -412,9 +414,10 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
     for r in rows:
         done = f"{r['finished']}/{r['total']}" + ("" if r["status"] in ("done", "partial") else f" ({r['status']})")
         minutes = "–" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"
-        cells = [_fmt(r[f"{e}_{g}"]) for e in evals for g in GROUPS]
+        cells = [fmt_points(r[f"{e}_{g}"]) for e in evals for g in GROUPS]
         lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, minutes, *cells]) + " |")
-    return "\n".join(lines) + "\n"
+    paired = differences.markdown(differences.paired(exp.differences, rows, row_axes, EVALS), row_axes, EVALS)
+    return "\n".join(lines) + "\n" + (f"\n{paired}" if paired else "")
 
 
 def report_csv(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) -> str:
@@ -425,11 +428,7 @@ def report_csv(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) 
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols + stats)
     for r in rows:
-        vals = []
-        for e in evals:
-            for g in GROUPS:
-                ms = r[f"{e}_{g}"]
-                vals += ["", ""] if ms is None else [f"{ms[0]:.6f}", "" if math.isnan(ms[1]) else f"{ms[1]:.6f}"]
+        vals = [v for e in evals for g in GROUPS for v in csv_mean_std(r[f"{e}_{g}"])]
         w.writerow([(f"{r[c]:.2f}" if c == "train_minutes" and r[c] is not None else r[c]) for c in cols] + vals)
     return buf.getvalue()
 
@@ -448,6 +447,9 @@ def report(exp: Experiment, prefix: str, out_dir: str | Path) -> list[dict]:
                                         + f"\n![{exp.name}]({exp.name}.png)\n")
     (out / f"{exp.name}.csv").write_text(report_csv(exp, rows, evals))
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
+    if exp.differences:
+        entries = differences.paired(exp.differences, rows, row_axes, EVALS)
+        (out / f"{exp.name}_differences.csv").write_text(differences.csv_text(entries, row_axes, EVALS))
     labels = [" ".join([r["row"], *[f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in row_axes]]) for r in rows]
     (out / f"{exp.name}.png").write_bytes(experiment_bars_png(
         {lab: {e: r[f"{e}_top1"] for e in EVALS} for lab, r in zip(labels, rows)}))

@@ -163,3 +163,46 @@ def test_train_minutes_sum_the_stages_that_trained_the_row_s_model(tmp_path):
     assert "| CD | 2/2 | 38 |" in md
     hours = 3 * sum(stage_s.values()) / 3600  # split 1 took twice split 0's
     assert f"Compute so far: 2 finished cells, {hours:.1f} h of stage time in all" in md
+
+
+def test_paired_differences_are_taken_split_by_split_by_variant_and_by_axis(tmp_path):
+    exp = _exp(tmp_path, "variants:\n  A: {}\n  B: {}\n"
+                         "axes:\n  data.subset: [longtail, balanced]\n  split: [0, 1, 2]\n"
+                         "differences:\n  - {by: variant, reference: A}\n  - {by: data.subset, reference: longtail}\n")
+    knn = {("a", "longtail"): [0.70, 0.71, 0.72], ("b", "longtail"): [0.72, 0.74, 0.71],
+           ("a", "balanced"): [0.73, 0.70, 0.75], ("b", "balanced"): [0.70, 0.75, None]}  # None: not finished
+    metrics = {}
+    for (v, subset), accs in knn.items():
+        for s, acc in enumerate(accs):
+            metrics[f"{v}--subset-{subset}--split-{s}"] = None if acc is None else _metrics(
+                {"base": acc, "random": 0.3, "pixels": 0.5})
+    rows = aggregate(exp, metrics)
+    from lt_ssl.differences import paired
+
+    got = {(x["row"], x["data.subset"], x["reference"]): x
+           for x in paired(exp.differences, rows, ["data.subset"], ["knn", "linear"])}
+    assert set(got) == {("B", "longtail", "A"), ("B", "balanced", "A"),
+                        ("A", "balanced", "data.subset=longtail"), ("B", "balanced", "data.subset=longtail")}
+    b_lt = got[("B", "longtail", "A")]  # 0.72-0.70, 0.74-0.71, 0.71-0.72
+    assert b_lt["pairs"] == 3 and b_lt["knn_top1_ahead"] == 2 and b_lt["knn_top1_n"] == 3
+    assert b_lt["knn_top1"][0] == pytest.approx((0.02 + 0.03 - 0.01) / 3)
+    assert b_lt["knn_top1"][1] == pytest.approx(statistics.stdev([0.02, 0.03, -0.01]))
+    assert b_lt["linear_top1"][0] == pytest.approx((0.02 + 0.03 - 0.01) / 6)  # _metrics: linear = knn / 2
+    b_bal = got[("B", "balanced", "A")]  # split 2 of B balanced is unfinished: two pairs
+    assert b_bal["pairs"] == 2 and b_bal["knn_few"][0] == pytest.approx((-0.03 + 0.05) / 2)
+    a_axis = got[("A", "balanced", "data.subset=longtail")]  # balanced minus long-tailed, same variant
+    assert a_axis["knn_top1"][0] == pytest.approx((0.03 - 0.01 + 0.03) / 3) and a_axis["knn_top1_ahead"] == 2
+    md = report_markdown(exp, rows)
+    assert "## Paired differences" in md
+    assert "| B | longtail | A | 3 | +1.3 ± 2.1 |" in md
+
+
+@pytest.mark.parametrize("body, message", [
+    ("differences: {by: variant}\n", "`differences` must be a list"),
+    ("differences:\n  - {by: variant}\n", "must be a mapping with `by`, `reference`"),
+    ("variants:\n  A: {}\ndifferences:\n  - {by: variant, reference: Z}\n", "reference and rows must be variant names"),
+    ("axes:\n  split: [0]\ndifferences:\n  - {by: cluster.k, reference: 3}\n", "not an axis of this experiment"),
+])
+def test_bad_differences_fail_in_one_line(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        _exp(tmp_path, body)
