@@ -10,7 +10,7 @@ EXIT_COLLAPSE = 3  # training collapsed deterministically: never retried
 EXIT_REGRESSED = 4  # `lt-ssl compare`: a metric dropped beyond tolerance (fails the cron workflow, no retry)
 EXIT_UNAVAILABLE = 69  # `lt-ssl submit`: the cluster could not be reached (EX_UNAVAILABLE); try later
 EXIT_STORAGE = 74  # storage unreachable or failing (EX_IOERR): retried with backoff
-EXIT_PREEMPTED = 75  # SIGTERM received, checkpoint written (EX_TEMPFAIL): retried, resumes
+EXIT_PREEMPTED = 75  # SIGTERM or Ctrl-C received, checkpoint written (EX_TEMPFAIL): retried, resumes
 
 
 class LtSslError(Exception):
@@ -66,6 +66,6 @@ class CollapseError(LtSslError):
 
 
 class Preempted(LtSslError):
-    """SIGTERM arrived; a checkpoint was written and the stage should be retried."""
+    """SIGTERM or Ctrl-C arrived; a checkpoint was written and the stage should be retried."""
 
     exit_code = EXIT_PREEMPTED

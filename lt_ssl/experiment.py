@@ -52,7 +52,7 @@ from .differences import Difference
 from .pipeline.local import cores
 from .pipeline.plan import PLANS
 from .pipeline.report import eval_order
-from .pipeline.sigterm import ForwardSigterm
+from .pipeline.forward_stop import ForwardStop
 from .stats import csv_mean_std, fmt_points, mean_std
 from .errors import EXIT_PREEMPTED, ConfigError, LtSslError
 from .pipeline.contract import MODEL_STAGES, SUCCESS, is_done, trained_models, training_stages
@@ -238,12 +238,12 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
         todo.append(cell)
     pool = max(1, min(parallel, len(todo)))
     threads = max(1, cores() // pool)  # as the local runner does: share the cores, do not oversubscribe
-    sigterm = ForwardSigterm()  # SIGTERM stops each running cell's runner, which stops its stages at a checkpoint
+    stop = ForwardStop()  # SIGTERM or Ctrl-C stops each running cell's runner, which stops its stages at a checkpoint
 
     def one(cell: Cell) -> int:
         cmd = [sys.executable, "-m", "lt_ssl", "run", "--config", exp.config, "--run", cell_uri(prefix, cell)]
         cmd += (["--device", device] if device else []) + (["--debug"] if debug else []) + list(cell.overrides)
-        proc = sigterm.start(lambda: subprocess.Popen(cmd, env=os.environ | {"LT_SSL_THREADS": str(threads)},
+        proc = stop.start(lambda: subprocess.Popen(cmd, env=os.environ | {"LT_SSL_THREADS": str(threads)},
                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         if proc is None:
             return EXIT_PREEMPTED
@@ -252,16 +252,16 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
         with proc:
             for line in proc.stdout:
                 print(f"[{cell.id}] {line}", end="", file=sys.stderr, flush=True)
-        sigterm.release(proc)
+        stop.release(proc)
         print(f"[{cell.id}] " + ("done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"),
               file=sys.stderr, flush=True)
         return proc.returncode
 
-    with sigterm, ThreadPoolExecutor(pool) as ex:
+    with stop, ThreadPoolExecutor(pool) as ex:
         codes = list(ex.map(one, todo))
-    if sigterm.stopping and any(codes):
-        print("lt-ssl: SIGTERM: stopped, each running cell at a checkpoint; rerun the same command to resume",
-              file=sys.stderr)
+    if stop.stopping and any(codes):
+        print(f"lt-ssl: {stop.signal_name}: stopped, each running cell at a checkpoint; rerun the same command to "
+              "resume", file=sys.stderr)
         return EXIT_PREEMPTED
     failed = [c.id for c, code in zip(todo, codes) if code != 0]
     if failed:

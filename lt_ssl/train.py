@@ -1,4 +1,4 @@
-"""The one training loop: deterministic data order, cosine lr, checkpoints, resume, SIGTERM, collapse."""
+"""The one training loop: deterministic data order, cosine lr, checkpoints, resume, SIGTERM or Ctrl-C, collapse."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import contextlib
 import io
 import os
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 from .errors import CheckpointError, CollapseError, Preempted
+from .signals import StopRequest
 from .optim import build_optimizer, cosine_lr, scaled_lr
 from .progress import Progress
 from .store import Store
@@ -98,28 +98,6 @@ def bf16_native(device: torch.device) -> bool:
         return False
 
 
-class _TermFlag:
-    """SIGTERM (Kubernetes' eviction notice) sets a flag; the loop checkpoints and exits cleanly."""
-
-    def __init__(self):
-        self.set = False
-        self._old = None
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.set = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
 # Steps between the host's reads of the device on CUDA (see train); a NaN loss is reported at its own step all the same.
 SYNC_EVERY_CUDA = 20
 
@@ -194,7 +172,7 @@ def train(
     sync_every = sync_every or (SYNC_EVERY_CUDA if device.type == "cuda" else 1)
     t_start, seen, last_loss, step_seconds = time.perf_counter(), 0, float("nan"), 0.0
     bar = Progress(total_steps * batch_size, name, start=(epoch * steps_per_epoch + step) * batch_size)
-    with _TermFlag() as term, bar:
+    with StopRequest() as stop, bar:
         while epoch < cfg.epochs:
             order_gen = torch.Generator().manual_seed(step_seed(seed, epoch, -1))
             order = epoch_order(n, order_gen) if epoch_order is not None else torch.randperm(n, generator=order_gen)
@@ -221,7 +199,7 @@ def train(
                 if "z_std" in out:
                     z_sum, z_count = z_sum + out["z_std"], z_count + 1
                 step += 1
-                if len(window) < sync_every and step < steps_per_epoch and not term.set:
+                if len(window) < sync_every and step < steps_per_epoch and not stop.requested:
                     continue
                 losses = torch.stack(window).float().cpu()  # waits for the device: the window's compute ends here
                 step_seconds += time.perf_counter() - t0
@@ -236,9 +214,10 @@ def train(
                 ips = batch_size * len(window) / max(time.perf_counter() - t0, 1e-9)
                 if metrics is not None:
                     metrics.progress(epoch=epoch, step=global_step, loss=last_loss, images_per_second=ips, lr=lr)
-                if term.set:
+                if stop.requested:  # SIGTERM (eviction, `kill`) or Ctrl-C: keep the work done, exit 75
                     ckpt.save(snapshot(epoch, step))
-                    raise Preempted(f"{name}: SIGTERM received; checkpoint written at epoch {epoch} step {step}; rerun to resume")
+                    raise Preempted(f"{name}: {stop.name} received; checkpoint written at epoch {epoch} step {step}; "
+                                    "rerun to resume")
                 window = []
                 t0 = time.perf_counter()
             elapsed = time.perf_counter() - t_start

@@ -39,7 +39,7 @@ from ..store import Store, normalize_uri, open_store
 from .contract import is_done, plan_of, stage_prefix, write_config_once, write_output
 from .plan import stage_argv
 from .report import results_table
-from .sigterm import ForwardSigterm
+from .forward_stop import ForwardStop
 
 
 def _die_with_runner(runner: int) -> None:
@@ -131,13 +131,13 @@ def _execute(argv: list[str], threads: int, device: str | None, debug: bool, pro
         proc.start()
         return proc
 
-    proc = _SIGTERM.start(start)
-    if proc is None:  # the runner got SIGTERM before this stage began
+    proc = _STOP.start(start)
+    if proc is None:  # the runner was asked to stop before this stage began
         return EXIT_PREEMPTED
     try:
         proc.join()
     finally:
-        _SIGTERM.release(proc)
+        _STOP.release(proc)
     return proc.exitcode  # negative: killed by that signal, as subprocess reports it
 
 
@@ -150,8 +150,8 @@ def default_run_uri(name: str) -> str:
 # the experts) and each process holds its own copy of the data.
 MAX_DEFAULT_WORKERS = 4
 RUNNER_LOCK = ".runner.lock"  # hidden: a local run folder's listing does not show it
-# SIGTERM is the process's, not a run's: one forwarder, entered by each run this process makes.
-_SIGTERM = ForwardSigterm()
+# Signals are the process's, not a run's: one forwarder, entered by each run this process makes.
+_STOP = ForwardStop()
 
 
 def cores() -> int:
@@ -167,7 +167,7 @@ def run(config: str, overrides: list[str], run_uri: str | None, workers: int | N
     print(f"run: {run_uri}", file=sys.stderr)
     since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     holder = f"lt-ssl run (pid {os.getpid()} on {socket.gethostname()}, since {since})"
-    with store.lock(RUNNER_LOCK, holder), _SIGTERM:
+    with store.lock(RUNNER_LOCK, holder), _STOP:
         write_config_once(store, cfg)  # refuses a different config for an existing run before anything runs
         return _run_plan(cfg, store, run_uri, config, overrides, workers, device, debug)
 
@@ -220,7 +220,7 @@ def _run_plan(cfg: Config, store: Store, run_uri: str, config: str, overrides: l
                             unblocked = True
                 # After a failure no new stage starts, but a fan-out's remaining tasks still do (their work is
                 # independent and kept for the resume, as Argo runs every withParam item).
-                startable = [t for t in ready if not _SIGTERM.stopping and (code == 0 or t[0] in started)]
+                startable = [t for t in ready if not _STOP.stopping and (code == 0 or t[0] in started)]
                 start = startable[:max(0, workers - len(running))]
                 for t in start:
                     ready.remove(t)
@@ -237,7 +237,7 @@ def _run_plan(cfg: Config, store: Store, run_uri: str, config: str, overrides: l
                 for future in done:
                     name = running.pop(future)
                     rc = future.result()
-                    if rc != 0 and _SIGTERM.stopping:  # not a failure: reported once, below
+                    if rc != 0 and _STOP.stopping:  # not a failure: reported once, below
                         code = code or EXIT_PREEMPTED
                     elif rc != 0 and code == 0:
                         code = rc
@@ -246,8 +246,8 @@ def _run_plan(cfg: Config, store: Store, run_uri: str, config: str, overrides: l
                     left[name] -= 1
                     if left[name] == 0 and rc == 0:
                         finished.add(name)
-        if _SIGTERM.stopping and (code != 0 or waiting or ready):
-            print(f"lt-ssl: SIGTERM: stopped, each training stage at a checkpoint; rerun the same command with "
+        if _STOP.stopping and (code != 0 or waiting or ready):
+            print(f"lt-ssl: {_STOP.signal_name}: stopped, each training stage at a checkpoint; rerun the same command with "
                   f"--run {run_uri} to resume", file=sys.stderr)
             return EXIT_PREEMPTED
         if code != 0:

@@ -44,8 +44,10 @@ class Cli:
     """A real `python -m lt_ssl ...` process (one thread), its stderr read line by line as it comes."""
 
     def __init__(self, args: list[str]):
+        # Its own process group, as a terminal's foreground job: Ctrl-C (SIGINT) goes to the whole group.
         self.proc = subprocess.Popen([sys.executable, "-m", "lt_ssl", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=os.environ | ONE_THREAD)
+                                     stderr=subprocess.PIPE, text=True, env=os.environ | ONE_THREAD,
+                                     start_new_session=True)
         self.seen: list[str] = []
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self._lines.put(ln) for ln in self.proc.stderr] + [self._lines.put(None)],
@@ -63,10 +65,14 @@ class Cli:
             assert ln is not None, self.log
             self.seen.append(ln)
 
-    def sigterm(self, grace_s: float) -> tuple[int, float]:
-        """SIGTERM, then wait up to grace_s: (exit code, seconds from the signal to the exit); reads all of stderr."""
+    def stop(self, grace_s: float, ctrl_c: bool = False) -> tuple[int, float]:
+        """SIGTERM to the process (`kill PID`), or with ctrl_c SIGINT to its whole process group (Ctrl-C on a
+        terminal), then wait up to grace_s: (exit code, seconds from the signal to the exit); reads all of stderr."""
         t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        if ctrl_c:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(grace_s)
         took = time.monotonic() - t0
         self.finish()

@@ -59,7 +59,7 @@ def test_sigterm_writes_a_checkpoint_in_the_grace_period_exits_75_and_the_rerun_
     cli = Cli(["stage", "pretrain", "--run", run.as_uri()])  # a real `lt-ssl stage` process, as a pod runs it
     cli.until("[pretrain] epoch 1/10")
     time.sleep(random.Random(7).uniform(0.0, 0.1))  # somewhere in epoch 2
-    rc, took = cli.sigterm(GRACE_S)
+    rc, took = cli.stop(GRACE_S)
     err = cli.log
     assert rc == 75, err
     assert took < GRACE_S / 3, f"{took:.1f} s from SIGTERM to exit"

@@ -1,9 +1,10 @@
-"""SIGTERM to a runner, not to a stage: `lt-ssl run` and `lt-ssl experiment run` pass it on to what they started.
+"""A stop request to a runner, not to a stage: `lt-ssl run` and `lt-ssl experiment run` pass it on.
 
 A user stops a long local run or experiment with `kill <pid>` (or a batch scheduler does, at the end of a job's
-time). The stage must get the SIGTERM itself, write its checkpoint and exit 75, as it does under Kubernetes;
-the runner then exits 75 too, and the same command resumes from that checkpoint. Before, the runner died alone
-and its stages were SIGKILLed, losing up to `checkpoint_every` epochs.
+time), or with Ctrl-C. The stage must get the request, write its checkpoint and exit 75, as it does under
+Kubernetes; the runner then exits 75 too, and the same command resumes from that checkpoint. Before, SIGTERM
+killed the runner alone and its stages were SIGKILLed, and Ctrl-C ended every stage without a checkpoint:
+either lost up to `checkpoint_every` epochs.
 """
 
 from __future__ import annotations
@@ -36,20 +37,23 @@ def _command(kind: str, tmp_path: Path) -> tuple[list[str], Path]:
     return ["experiment", "run", str(grid), "--prefix", prefix.as_uri()], prefix / "simsiam-c-d--split-0"
 
 
-@pytest.mark.parametrize("kind", ["run", "experiment"])
-def test_sigterm_to_the_runner_checkpoints_its_stage_exits_75_and_the_same_command_resumes(kind, tmp_path):
+@pytest.mark.parametrize("kind, ctrl_c", [("run", False), ("experiment", False), ("run", True)],
+                         ids=["run-sigterm", "experiment-sigterm", "run-ctrl-c"])
+def test_a_stop_request_to_the_runner_checkpoints_its_stage_exits_75_and_the_same_command_resumes(kind, ctrl_c,
+                                                                                                 tmp_path):
     args, run = _command(kind, tmp_path)
     cli = Cli(args)
     cli.until("[pretrain] epoch 1/10")  # pretrain is in epoch 2; its first checkpoint would be at epoch 10
-    rc, took = cli.sigterm(GRACE_S)
+    rc, took = cli.stop(GRACE_S, ctrl_c=ctrl_c)
     err = cli.log
     assert rc == 75, err
     assert took < GRACE_S / 3, f"{took:.1f} s from SIGTERM to exit"
     assert "Traceback" not in err
-    m = re.search(r"pretrain: SIGTERM received; checkpoint written at epoch (\d+) step (\d+)", err)
-    assert m, err  # the stage itself got the SIGTERM
+    sig = "SIGINT" if ctrl_c else "SIGTERM"  # Ctrl-C reaches the stage itself too; kill reaches it through the runner
+    m = re.search(rf"pretrain: {sig} received; checkpoint written at epoch (\d+) step (\d+)", err)
+    assert m, err
     what = "each training stage" if kind == "run" else "each running cell"
-    assert re.fullmatch(rf"lt-ssl: SIGTERM: stopped, {what} at a checkpoint; rerun the same command.* to resume",
+    assert re.fullmatch(rf"lt-ssl: {sig}: stopped, {what} at a checkpoint; rerun the same command.* to resume",
                         err.strip().splitlines()[-1]), err
     store = open_store(run.as_uri())
     assert not store.exists("pretrain/_SUCCESS.json")
