@@ -15,6 +15,7 @@ reference row is the one with `by` = `reference` and every other axis value the 
       - {by: variant, reference: SimSiam}                  # every other variant minus SimSiam
       - {by: data.subset, reference: longtail}             # balanced (and full) minus long-tailed
       - {by: variant, reference: MSN, rows: [PMSN]}        # only these values of `by`
+      - {by: cluster.k, reference: ""}                     # "": the cells that leave the axis at the base config's
 
 A row with no reference row (a K-sweep cell whose group trains no baseline) gets no difference.
 """
@@ -62,6 +63,12 @@ def parse(raw: Any, variants: Sequence[str], resolve_key) -> tuple[Difference, .
     return tuple(out)
 
 
+def _label(d: Difference) -> str:
+    if d.by == "variant":
+        return str(d.reference)
+    return f"{d.by}={d.reference}" if d.reference != "" else f"{d.by} of the base config"
+
+
 def _value(row: dict, by: str) -> Any:
     return row["variant"] if by == "variant" else row.get(by)
 
@@ -85,7 +92,7 @@ def paired(diffs: Sequence[Difference], rows: list[dict], row_axes: Sequence[str
                 continue
             shared = [k for k in r["repeats"] if k in ref["repeats"]]
             entry: dict[str, Any] = {"row": r["row"], **{a: r.get(a) for a in row_axes},
-                                     "reference": f"{d.reference}" if d.by == "variant" else f"{d.by}={d.reference}",
+                                     "reference": _label(d),
                                      "pairs": len(shared)}
             for e in evals:
                 for g in DIFF_GROUPS:

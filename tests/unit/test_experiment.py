@@ -206,3 +206,13 @@ def test_paired_differences_are_taken_split_by_split_by_variant_and_by_axis(tmp_
 def test_bad_differences_fail_in_one_line(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         _exp(tmp_path, body)
+
+
+def test_a_sweep_is_paired_with_the_cells_that_keep_the_base_config_value(tmp_path):
+    exp = _exp(tmp_path, "variants:\n  CD: {model: student}\naxes:\n  - split: [0, 1]\n  - {cluster.k: [2], split: [0]}\n"
+                         "differences:\n  - {by: cluster.k, reference: \"\"}\n")
+    metrics = {"cd--split-0": _metrics({"student": 0.70, "random": 0.3, "pixels": 0.5}),
+               "cd--split-1": _metrics({"student": 0.60, "random": 0.3, "pixels": 0.5}),
+               "cd--k-2--split-0": _metrics({"student": 0.73, "random": 0.3, "pixels": 0.5})}
+    md = report_markdown(exp, aggregate(exp, metrics))
+    assert "| CD | 2 | cluster.k of the base config | 1 | +3.0 | +3.0 | +1.5 | +1.5 | 1/1 | 1/1 |" in md  # split 0 only
