@@ -283,21 +283,40 @@ def cell_metrics(exp: Experiment, prefix: str) -> dict[str, dict | None]:
     return out
 
 
-def cell_stage_seconds(exp: Experiment, prefix: str) -> dict[str, dict[str, float]]:
-    """Cell id -> {stage: seconds} from its stages' _SUCCESS.json (an expert stage: its tasks summed), for the
-    finished cells: the wall time of each stage process, which depends on the machine and its load."""
-    out: dict[str, dict[str, float]] = {}
+def cell_successes(exp: Experiment, prefix: str) -> dict[str, dict[str, dict]]:
+    """Finished cell id -> {stage task prefix ("pretrain", "expert/0"): its _SUCCESS.json}: what each stage took
+    (wall seconds of its process, which depend on the machine and its load) and the code that ran it."""
+    out: dict[str, dict[str, dict]] = {}
     for cell in exp.cells:
         store = open_store(cell_uri(prefix, cell))
         if not store.exists(f"evaluate/{SUCCESS}"):
             continue
-        seconds: dict[str, float] = {}
-        for key in store.list():
-            if key.endswith(f"/{SUCCESS}"):
-                stage = key.split("/", 1)[0]
-                seconds[stage] = seconds.get(stage, 0.0) + float(store.read_json(key).get("seconds") or 0.0)
-        out[cell.id] = seconds
+        out[cell.id] = {key.rsplit("/", 1)[0]: store.read_json(key) for key in store.list() if key.endswith(f"/{SUCCESS}")}
     return out
+
+
+def stage_seconds(successes: dict[str, dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """Cell id -> {stage: seconds}, an expert stage's tasks summed."""
+    out: dict[str, dict[str, float]] = {}
+    for cid, by_task in successes.items():
+        seconds: dict[str, float] = {}
+        for task, success in by_task.items():
+            stage = task.split("/", 1)[0]
+            seconds[stage] = seconds.get(stage, 0.0) + float(success.get("seconds") or 0.0)
+        out[cid] = seconds
+    return out
+
+
+def code_line(successes: dict[str, dict[str, dict]]) -> str:
+    """Which code made the finished cells: each git commit (short) with its count of cells; a cell whose stages ran
+    under several commits (resumed after an update) counts under all of them, joined by '+'."""
+    counts: dict[str, int] = {}
+    for by_task in successes.values():
+        commits = sorted({(s.get("provenance") or {}).get("git_commit") or "unknown" for s in by_task.values()})
+        key = "+".join(c[:7] for c in commits)
+        counts[key] = counts.get(key, 0) + 1
+    made = ", ".join(f"{k} ({n} cell{'s' if n != 1 else ''})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"Code: git commit {made}." if counts else "Code: no finished cell yet."
 
 
 def evals_in(metrics: dict[str, dict | None]) -> tuple[str, ...]:
@@ -317,7 +336,7 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
     each eval and group "<eval>_<group>": (mean, std) in [0, 1] over the finished cells that report it, None where
     none does (a probe not run, or not applicable to the model: null in metrics.json)}. train_minutes: the mean
     over finished cells of the minutes of the stages that trained the row's model (contract.training_stages; from
-    `seconds`, cell_stage_seconds' map), None for the floors or without `seconds`.
+    `seconds`, stage_seconds' map), None for the floors or without `seconds`.
     """
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     configs = {c.id: load_config(exp.config, list(c.overrides)) for c in exp.cells if not c.pending}
@@ -392,14 +411,15 @@ def floor_rows(key: tuple, cells: list[Cell], configs: dict[str, Config], metric
 
 
 def compute_line(seconds: dict[str, dict[str, float]]) -> str:
-    """The experiment's cost so far: its finished cells and the stage time they took in all (cell_stage_seconds)."""
+    """The experiment's cost so far: its finished cells and the stage time they took in all (stage_seconds)."""
     total_h = sum(sum(by_stage.values()) for by_stage in seconds.values()) / 3600
     return (f"Compute so far: {len(seconds)} finished cells, {total_h:.1f} h of stage time in all (the sum of every "
             "stage process's wall time; cells that ran side by side overlap in wall-clock time).")
 
 
 def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS,
-                    seconds: dict[str, dict[str, float]] | None = None) -> str:
+                    successes: dict[str, dict[str, dict]] | None = None) -> str:
+    """The report as markdown; with `successes` (cell_successes), the compute and code lines too."""
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     head = ["row", *row_axes, "cells done", "train min",
             *[f"{e} {g if g != 'top1' else 'all'}" for e in evals for g in GROUPS]]
@@ -409,7 +429,7 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
              "train min: minutes of the stages that trained the row's model, mean over its finished cells (each "
              "stage process's wall time, so it depends on the machine, its load and the threads a cell had). "
              f"Base config `{exp.config}`; experiment file `{exp.path}`.", "",
-             *([compute_line(seconds), ""] if seconds is not None else []),
+             *([compute_line(stage_seconds(successes)), code_line(successes), ""] if successes is not None else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         done = f"{r['finished']}/{r['total']}" + ("" if r["status"] in ("done", "partial") else f" ({r['status']})")
@@ -439,11 +459,11 @@ def report(exp: Experiment, prefix: str, out_dir: str | Path) -> list[dict]:
 
     metrics = cell_metrics(exp, prefix)
     evals = evals_in(metrics)
-    seconds = cell_stage_seconds(exp, prefix)
-    rows = aggregate(exp, metrics, evals, seconds)
+    successes = cell_successes(exp, prefix)
+    rows = aggregate(exp, metrics, evals, stage_seconds(successes))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals, seconds)
+    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals, successes)
                                         + f"\n![{exp.name}]({exp.name}.png)\n")
     (out / f"{exp.name}.csv").write_text(report_csv(exp, rows, evals))
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]

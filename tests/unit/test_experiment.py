@@ -8,7 +8,8 @@ import statistics
 import pytest
 
 from lt_ssl.errors import ConfigError
-from lt_ssl.experiment import aggregate, evals_in, load_experiment, report_csv, report_markdown
+from lt_ssl.experiment import (aggregate, code_line, compute_line, evals_in, load_experiment, report_csv,
+                               report_markdown, stage_seconds)
 
 BASE = "name: t\nconfig: configs/quickstart.yaml\n"
 
@@ -159,10 +160,19 @@ def test_train_minutes_sum_the_stages_that_trained_the_row_s_model(tmp_path):
     assert by["CD"]["train_minutes"] == pytest.approx(1.5 * student)  # the mean of 1x and 2x
     assert by["S"]["train_minutes"] == pytest.approx(1.5 * (6 + 1500) / 60)
     assert by["raw pixels (floor)"]["train_minutes"] is None
-    md = report_markdown(exp, list(by.values()), seconds=seconds)
-    assert "| CD | 2/2 | 38 |" in md
-    hours = 3 * sum(stage_s.values()) / 3600  # split 1 took twice split 0's
-    assert f"Compute so far: 2 finished cells, {hours:.1f} h of stage time in all" in md
+    assert "| CD | 2/2 | 38 |" in report_markdown(exp, list(by.values()))
+
+
+def test_compute_and_code_lines_read_the_cells_success_records():
+    ok = lambda seconds, commit: {"seconds": seconds, "provenance": {"git_commit": commit}}  # noqa: E731
+    successes = {"a": {"pretrain": ok(600, "838aa9ef05"), "expert/0": ok(100, "838aa9ef05"), "expert/1": ok(50, "838aa9ef05")},
+                 "b": {"pretrain": ok(1200, "838aa9ef05"), "evaluate": ok(60, "5ba811e0aa")},  # resumed after an update
+                 "c": {"pretrain": ok(900, "838aa9ef05")}}
+    assert stage_seconds(successes)["a"] == {"pretrain": 600, "expert": 150}  # an expert stage's tasks summed
+    hours = (600 + 150 + 1260 + 900) / 3600
+    assert compute_line(stage_seconds(successes)).startswith(f"Compute so far: 3 finished cells, {hours:.1f} h")
+    assert code_line(successes) == "Code: git commit 838aa9e (2 cells), 5ba811e+838aa9e (1 cell)."
+    assert code_line({}) == "Code: no finished cell yet."
 
 
 def test_paired_differences_are_taken_split_by_split_by_variant_and_by_axis(tmp_path):
