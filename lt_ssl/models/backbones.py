@@ -132,8 +132,8 @@ def _vit_tiny(patch_size: int) -> ViT:
 _VITS: dict[str, Callable[[], nn.Module]] = {
     "vit_tiny": lambda: _vit_tiny(4),  # 4x4, 7x7 and 8x8 grids on 16, 28 and 32 px images
     # 28 px (Fashion-MNIST's own size) as a 4x4 grid: vit_tiny's 16 tokens at 16 px, so 28 px images train at
-    # 16 px's cost (~2.6x vit_tiny's 28 px speed on one thread) while an 8 px detail (a pasted digit) still
-    # spans a few patches.
+    # about 16 px's cost (2.66x vit_tiny's 28 px speed, benchmarks/vit_patch.py) while a 9 px detail (PMSN's
+    # pasted digit) still spans a few patches.
     "vit_tiny_p7": lambda: _vit_tiny(7),
 }
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
