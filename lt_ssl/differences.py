@@ -27,6 +27,7 @@ import io
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .config import _resolve_key
 from .errors import ConfigError
 from .stats import csv_mean_std, fmt_points, mean_std
 
@@ -41,8 +42,8 @@ class Difference:
     rows: tuple[Any, ...] | None = None  # the values of `by` to report; None: every other value
 
 
-def parse(raw: Any, variants: Sequence[str], resolve_key) -> tuple[Difference, ...]:
-    """The experiment file's `differences:` list; resolve_key: the config's key resolver (its one-line error)."""
+def parse(raw: Any, variants: Sequence[str]) -> tuple[Difference, ...]:
+    """The experiment file's `differences:` list; an axis key resolves as an override's does (its one-line error)."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -52,7 +53,7 @@ def parse(raw: Any, variants: Sequence[str], resolve_key) -> tuple[Difference, .
         if not isinstance(item, dict) or set(item) - {"by", "reference", "rows"} or not {"by", "reference"} <= set(item):
             raise ConfigError(f"each of `differences` must be a mapping with `by`, `reference` and optional `rows`, "
                               f"got {item!r}")
-        by = item["by"] if item["by"] == "variant" else resolve_key(str(item["by"]))
+        by = item["by"] if item["by"] == "variant" else _resolve_key(str(item["by"]))
         rows = item.get("rows")
         if rows is not None and not isinstance(rows, list):
             raise ConfigError(f"`differences` rows must be a list of values of {by}, got {rows!r}")

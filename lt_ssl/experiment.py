@@ -196,7 +196,7 @@ def load_experiment(path: str | Path) -> Experiment:
                 axis_overrides = tuple(f"{k}={_yaml_scalar(x)}" for k, x in values)
                 cells.append(Cell(cid, v.name, values, common + v.overrides + grid_overrides + axis_overrides,
                                   v.name in pending))
-    diffs = differences.parse(raw.get("differences"), list(variants), _resolve_key)
+    diffs = differences.parse(raw.get("differences"), list(variants))
     for d in diffs:
         if d.by != "variant" and d.by not in axis_keys:
             raise ConfigError(f"`differences` by {d.by}: not an axis of this experiment ({', '.join(axis_keys)})")

@@ -2,7 +2,7 @@
 
 SIGTERM is Kubernetes' eviction notice and what `kill` sends; SIGINT is Ctrl-C. Either asks the training loop
 to write a checkpoint at its next step and exit 75 (EXIT_PREEMPTED), and asks a runner to pass the request on to
-its stages or cells and start nothing new (pipeline/sigterm.py). A second Ctrl-C is not a request but an
+its stages or cells and start nothing new (pipeline/forward_stop.py). A second Ctrl-C is not a request but an
 interrupt: it raises KeyboardInterrupt at once, as someone pressing it twice means. A SIGINT the process was
 started ignoring (a job sent to the background by a non-interactive shell) stays ignored.
 """

@@ -20,7 +20,8 @@ def fmt_points(ms: MeanStd | None, signed: bool = False) -> str:
     if ms is None:
         return "–"
     mean, std = ms
-    text = f"{100 * mean:+.1f}".replace("-0.0", "0.0").replace("+0.0", "0.0") if signed else f"{100 * mean:.1f}"
+    points = round(100 * mean, 1) + 0.0  # + 0.0: a -0.0 prints as 0.0
+    text = f"{points:+.1f}" if signed and points else f"{points:.1f}"
     return text if math.isnan(std) else f"{text} ± {100 * std:.1f}"
 
 
