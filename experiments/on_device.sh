@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# An experiment's cells on a lent CUDA machine, in one device call, and what they produced brought back.
+# Usage: experiments/on_device.sh OUT_DIR SECONDS EXPERIMENT.yaml [lt-ssl experiment run options...]
+#   e.g. through the device tool (carry [".whl", ".data"], timeout_s 560):
+#   LT_SSL_GIT_COMMIT=<commit> bash experiments/on_device.sh "$OUT" 460 experiments/methods_p100.yaml --device cuda --parallel 24
+# Carried: .whl/ (the pydantic wheels, benchmarks/README.md says how) and .data/fashion-mnist/ (the four IDX files of
+# Debian's dataset-fashion-mnist, copied from /usr/share/datasets/fashion-mnist), put at that Debian path there.
+# The copy on the device has no .git: set LT_SSL_GIT_COMMIT so each stage's provenance names the code.
+# After SECONDS the runner gets SIGTERM, so each training stage writes a checkpoint and exits, and the archive is
+# made inside the call's limit: OUT_DIR/runs.tgz holds every cell's outputs except weights (*.pt: models and
+# checkpoints, which would not fit the call's 16 MiB a file), OUT_DIR/experiment.log the runner's tagged log.
+# Here: mkdir -p runs/X && tar -C runs/X -xzf runs.tgz, then `lt-ssl experiment report EXPERIMENT --prefix file://...`.
+set -uo pipefail
+
+out="${1:?usage: experiments/on_device.sh OUT_DIR SECONDS EXPERIMENT.yaml [run options...]}"
+seconds="${2:?usage: experiments/on_device.sh OUT_DIR SECONDS EXPERIMENT.yaml [run options...]}"
+experiment="${3:?usage: experiments/on_device.sh OUT_DIR SECONDS EXPERIMENT.yaml [run options...]}"
+shift 3
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+mkdir -p "$out"
+python="${PYTHON:-python3}"
+runs="${LT_SSL_DEVICE_RUNS:-/tmp/lt-ssl-runs}"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+fi
+fmnist=/usr/share/datasets/fashion-mnist  # the dataset's default data.root (lt_ssl.data.datasets)
+if [ ! -e "$fmnist" ] && [ -d .data/fashion-mnist ]; then
+    mkdir -p "$(dirname "$fmnist")" && cp -r .data/fashion-mnist "$fmnist" || exit 1
+fi
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+
+start=$SECONDS
+timeout -k 60 "$seconds" "$python" -m lt_ssl experiment run "$experiment" --prefix "file://$runs" "$@" \
+    >"$out/experiment.log" 2>&1
+echo "experiment run: exit $? in $((SECONDS - start)) s"
+grep -E '^\[[^]]+\] (done|failed|finished)' "$out/experiment.log"
+mkdir -p "$runs"
+tar -C "$runs" --exclude='*.pt' -czf "$out/runs.tgz" . && echo "wrote $out/runs.tgz ($(du -h "$out/runs.tgz" | cut -f1))"
