@@ -7,9 +7,11 @@
 # Debian's dataset-fashion-mnist, copied from /usr/share/datasets/fashion-mnist), put at that Debian path there.
 # The copy on the device has no .git: set LT_SSL_GIT_COMMIT so each stage's provenance names the code.
 # After SECONDS the runner gets SIGTERM, so each training stage writes a checkpoint and exits, and the archive is
-# made inside the call's limit: OUT_DIR/runs.tgz holds every cell's outputs except weights (*.pt: models and
-# checkpoints, which would not fit the call's 16 MiB a file), OUT_DIR/experiment.log the runner's tagged log.
-# Here: mkdir -p runs/X && tar -C runs/X -xzf runs.tgz, then `lt-ssl experiment report EXPERIMENT --prefix file://...`.
+# made inside the call's limit: every cell's outputs except weights (*.pt: models and checkpoints), in 15 MiB parts
+# OUT_DIR/runs.tgz.00, .01, ... because a call brings back at most 8 files of 16 MiB (64 MiB in all; G-SimCLR's
+# pseudo-label codes alone are 7.6 MB a cell, which lost a whole 22 MB archive once), and OUT_DIR/experiment.log,
+# the runner's log with each line tagged by its cell.
+# Here: mkdir -p runs/X && cat runs.tgz.* | tar -C runs/X -xz, then `lt-ssl experiment report EXPERIMENT --prefix ...`.
 set -uo pipefail
 
 out="${1:?usage: experiments/on_device.sh OUT_DIR SECONDS EXPERIMENT.yaml [run options...]}"
@@ -36,4 +38,7 @@ timeout -k 60 "$seconds" "$python" -m lt_ssl experiment run "$experiment" --pref
 echo "experiment run: exit $? in $((SECONDS - start)) s"
 grep -E '^\[[^]]+\] (done|failed|finished)' "$out/experiment.log"
 mkdir -p "$runs"
-tar -C "$runs" --exclude='*.pt' -czf "$out/runs.tgz" . && echo "wrote $out/runs.tgz ($(du -h "$out/runs.tgz" | cut -f1))"
+tar -C "$runs" --exclude='*.pt' -cz . | split -b 15M -d -a 2 - "$out/runs.tgz." || exit 1
+parts=("$out"/runs.tgz.*)
+echo "wrote ${#parts[@]} part(s) of runs.tgz, $(cat "${parts[@]}" | wc -c) bytes"
+if [ "${#parts[@]}" -gt 7 ]; then echo "more than 7 parts: the call brings back 8 files, so some are lost" >&2; exit 1; fi
