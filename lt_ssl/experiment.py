@@ -51,7 +51,7 @@ from .config import Config, _resolve_key, config_hash, load_config
 from .differences import Difference
 from .pipeline.local import cores
 from .pipeline.plan import PLANS
-from .pipeline.report import eval_order
+from .pipeline.report import GROUPS, eval_order, parse_results_row, parse_score_line
 from .pipeline.forward_stop import ForwardStop
 from .stats import csv_mean_std, fmt_points, mean_std
 from .errors import EXIT_PREEMPTED, ConfigError, LtSslError
@@ -63,7 +63,6 @@ _VARIANT_KEYS = ("overrides", "model", "from")
 # Averaged over, not a row: the literature's mean ± std is over splits (and seeds).
 REPEAT_KEYS = ("data.split", "seed")
 EVALS = ("knn", "linear")  # every run has these; evaluate.extra_probes add columns where a finished cell has them
-GROUPS = ("top1", "many", "medium", "few")
 FLOORS = {"random": "random encoder (floor)", "pixels": "raw pixels (floor)"}
 MODELS = (*MODEL_STAGES, *FLOORS)  # what a variant may report
 
@@ -214,6 +213,14 @@ def cell_uri(prefix: str, cell: Cell) -> str:
     return f"{normalize_uri(prefix)}/{cell.id}"
 
 
+_TAGGED = re.compile(r"^\[(?P<cell>[^\]]+)\] (?P<text>.*)$")
+
+
+def tagged(cell_id: str, text: str) -> str:
+    """A line of the experiment runner's log: the cell's id, then the cell's own line (log_metrics reads it back)."""
+    return f"[{cell_id}] {text}"
+
+
 def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str | None = None,
                    debug: bool = False, cells: Sequence[str] = ()) -> int:
     """Every non-pending cell as an `lt-ssl run`, `parallel` at a time with the cores shared between them.
@@ -247,13 +254,13 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         if proc is None:
             return EXIT_PREEMPTED
-        print(f"[{cell.id}] running ({threads} threads)", file=sys.stderr, flush=True)
+        print(tagged(cell.id, f"running ({threads} threads)"), file=sys.stderr, flush=True)
         # The cell's own lines, each tagged with its id, as Argo's log view tags a pod's: cells run side by side.
         with proc:
             for line in proc.stdout:
-                print(f"[{cell.id}] {line}", end="", file=sys.stderr, flush=True)
+                print(tagged(cell.id, line), end="", file=sys.stderr, flush=True)
         stop.release(proc)
-        print(f"[{cell.id}] " + ("done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"),
+        print(tagged(cell.id, "done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"),
               file=sys.stderr, flush=True)
         return proc.returncode
 
@@ -281,6 +288,29 @@ def cell_metrics(exp: Experiment, prefix: str) -> dict[str, dict | None]:
         store = open_store(cell_uri(prefix, cell))
         out[cell.id] = store.read_json("evaluate/metrics.json") if store.exists("evaluate/_SUCCESS.json") else None
     return out
+
+
+def log_metrics(exp: Experiment, text: str) -> dict[str, dict | None]:
+    """cell_metrics read back from an experiment runner's log, for cells whose folders are gone.
+
+    A cell's evaluate stage prints a score line per model as it finishes it (top-1 per evaluation), and at the end
+    the run prints the results table (every group); a table row wins over a score line. A model the log never
+    scored is absent from its cell's "models", and a cell with no scored model is None (not finished).
+    """
+    models: dict[str, dict[str, dict]] = {}
+    for line in text.splitlines():
+        m = _TAGGED.match(line)
+        if m is None:
+            continue
+        by_model = models.setdefault(m["cell"], {})
+        if (row := parse_results_row(m["text"])) is not None:
+            model, evaluation, rep = row
+            by_model.setdefault(model, {})[evaluation] = rep
+        elif (scores := parse_score_line(m["text"])) is not None:
+            model, top1 = scores
+            for evaluation, acc in top1.items():
+                by_model.setdefault(model, {}).setdefault(evaluation, {g: None for g in GROUPS} | {"top1": acc})
+    return {c.id: {"models": models[c.id]} if models.get(c.id) else None for c in exp.cells}
 
 
 def cell_successes(exp: Experiment, prefix: str) -> dict[str, dict[str, dict]]:
@@ -346,7 +376,8 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
         groups.setdefault(key, []).append(cell)
 
     def row(label: str, variant: str, model: str, key: tuple, cells: list[Cell], pending: bool) -> dict:
-        finished = [c for c in cells if metrics.get(c.id) is not None]
+        # A cell counts for the models it scored (a cell read from a log may have stopped inside its evaluate stage).
+        finished = [c for c in cells if metrics.get(c.id) is not None and model in metrics[c.id]["models"]]
         done = [metrics[c.id] for c in finished]
         r: dict[str, Any] = {"row": label, "variant": variant, "model": model, **dict(zip(row_axes, key)),
                              "finished": len(done), "total": len(cells)}
@@ -418,8 +449,10 @@ def compute_line(seconds: dict[str, dict[str, float]]) -> str:
 
 
 def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS,
-                    successes: dict[str, dict[str, dict]] | None = None) -> str:
-    """The report as markdown; with `successes` (cell_successes), the compute and code lines too."""
+                    successes: dict[str, dict[str, dict]] | None = None, source: str | None = None,
+                    entries: list[dict] | None = None) -> str:
+    """The report as markdown: with `successes` (cell_successes), the compute and code lines too; with `source`,
+    a line saying where the numbers came from; `entries`: the paired differences if already computed."""
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     head = ["row", *row_axes, "cells done", "train min",
             *[f"{e} {g if g != 'top1' else 'all'}" for e in evals for g in GROUPS]]
@@ -429,6 +462,7 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
              "train min: minutes of the stages that trained the row's model, mean over its finished cells (each "
              "stage process's wall time, so it depends on the machine, its load and the threads a cell had). "
              f"Base config `{exp.config}`; experiment file `{exp.path}`.", "",
+             *([source, ""] if source else []),
              *([compute_line(stage_seconds(successes)), code_line(successes), ""] if successes is not None else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -436,7 +470,9 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
         minutes = "–" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"
         cells = [fmt_points(r[f"{e}_{g}"]) for e in evals for g in GROUPS]
         lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, minutes, *cells]) + " |")
-    paired = differences.markdown(differences.paired(exp.differences, rows, row_axes, EVALS), row_axes, EVALS)
+    if entries is None:
+        entries = differences.paired(exp.differences, rows, row_axes, EVALS)
+    paired = differences.markdown(entries, row_axes, EVALS)
     return "\n".join(lines) + "\n" + (f"\n{paired}" if paired else "")
 
 
@@ -453,22 +489,28 @@ def report_csv(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) 
     return buf.getvalue()
 
 
-def report(exp: Experiment, prefix: str, out_dir: str | Path) -> list[dict]:
-    """Write <out>/<name>.md, .csv and .png from the finished cells; returns the rows."""
+def report(exp: Experiment, prefix: str | None, out_dir: str | Path, log: str | Path | None = None) -> list[dict]:
+    """Write <out>/<name>.md, .csv and .png from the finished cells under prefix, or from an experiment runner's
+    log (log_metrics) for cells whose folders are gone; returns the rows."""
     from .plots import experiment_bars_png
 
-    metrics = cell_metrics(exp, prefix)
+    if log is not None:
+        metrics, successes = log_metrics(exp, Path(log).read_text()), None
+        source = (f"Read from the runner's log `{log}`, not from the cells' folders: a model counts where its cell's "
+                  "evaluate stage printed its score; many/medium/few only where the cell printed its results table "
+                  "(a cell cut off inside evaluate has top-1 alone). No stage times or code versions.")
+    else:
+        metrics, successes, source = cell_metrics(exp, prefix), cell_successes(exp, prefix), None
     evals = evals_in(metrics)
-    successes = cell_successes(exp, prefix)
-    rows = aggregate(exp, metrics, evals, stage_seconds(successes))
+    rows = aggregate(exp, metrics, evals, None if successes is None else stage_seconds(successes))
+    row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
+    entries = differences.paired(exp.differences, rows, row_axes, EVALS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals, successes)
+    (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals, successes, source, entries)
                                         + f"\n![{exp.name}]({exp.name}.png)\n")
     (out / f"{exp.name}.csv").write_text(report_csv(exp, rows, evals))
-    row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     if exp.differences:
-        entries = differences.paired(exp.differences, rows, row_axes, EVALS)
         (out / f"{exp.name}_differences.csv").write_text(differences.csv_text(entries, row_axes, EVALS))
     labels = [" ".join([r["row"], *[f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in row_axes]]) for r in rows]
     (out / f"{exp.name}.png").write_bytes(experiment_bars_png(
@@ -554,11 +596,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ren = sub.add_parser("render", help="write the grid as an Argo workflow, workflows/experiment_<name>.yaml")
     ren.add_argument("--out", default=None, help="output file (default workflows/experiment_<name>.yaml)")
     ren.add_argument("--check", action="store_true", help="do not write: exit 1 if the file differs")
-    for q, needs_prefix in ((r, True), (ls, False), (rep, True), (ren, False)):
+    prefix_help = "where the cells' runs live: file:///abs/path or s3://bucket/prefix"
+    source = rep.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prefix", help=prefix_help)
+    source.add_argument("--from-log", metavar="LOG", default=None,
+                        help="read the results from an `experiment run` log instead, for cells whose folders are gone")
+    for q, needs_prefix in ((r, True), (ls, False), (rep, None), (ren, False)):
         q.add_argument("file", metavar="FILE", help="experiment YAML, e.g. experiments/exp1_imbalance.yaml")
         if needs_prefix or q is ls:
-            q.add_argument("--prefix", required=needs_prefix,
-                           help="where the cells' runs live: file:///abs/path or s3://bucket/prefix")
+            q.add_argument("--prefix", required=needs_prefix, help=prefix_help)
         q.add_argument("--debug", action="store_true", help="show Python tracebacks")
     p.set_defaults(func=main, debug=False)
     return p
@@ -577,7 +623,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.experiment_command == "report":
         out_dir = Path(args.out or Path("results") / exp.name)
-        report(exp, args.prefix, out_dir)
+        report(exp, args.prefix, out_dir, log=args.from_log)
         print((out_dir / f"{exp.name}.md").read_text(), end="")
         return 0
     out = Path(args.out or Path("workflows") / f"experiment_{exp.name}.yaml")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..config import Config
 from ..store import Store
 from .contract import MODEL_STAGES
@@ -32,6 +34,41 @@ def results_table(results: dict[str, dict]) -> str:
             cells = " | ".join("n/a" if rep is None else f"{100 * rep[g]:.2f}" for g in GROUPS)
             lines.append(f"| {model} | {evaluation} | {cells} |")
     return "\n".join(lines)
+
+
+# results_table's rows and score_line read back (lt_ssl.experiment.log_metrics): a runner's log keeps the results of
+# runs whose folders are gone. Each pattern sits beside the printer it reads, so a change to one shows in the other.
+_TABLE_ROW = re.compile(r"^\| (?P<model>\w+) \| (?P<eval>\w+) \| (?P<cells>[^|]+(?: \| [^|]+){%d}) \|$" % (len(GROUPS) - 1))
+_SCORE_LINE = re.compile(r"^\[evaluate\] (?P<model>\w+): (?P<scores>\w+ [\d.]+(?: \w+ [\d.]+)*) \([\d.]+s\)$")
+
+
+def parse_results_row(line: str) -> tuple[str, str, dict | None] | None:
+    """(model, evaluation, {group: accuracy in [0, 1]} or None for n/a) from one results_table row, else None."""
+    m = _TABLE_ROW.match(line.strip())
+    if m is None:
+        return None
+    cells = m["cells"].split(" | ")
+    if cells == ["n/a"] * len(GROUPS):
+        return m["model"], m["eval"], None
+    try:
+        return m["model"], m["eval"], {g: float(c) / 100 for g, c in zip(GROUPS, cells)}
+    except ValueError:  # the header row
+        return None
+
+
+def score_line(model: str, by: dict[str, dict | None], seconds: float) -> str:
+    """The evaluate stage's line per model: "[evaluate] base: knn 0.8178 linear 0.8777 (27.9s)", top-1 per eval."""
+    scores = " ".join(f"{e} {r['top1']:.4f}" for e, r in by.items() if r is not None)
+    return f"[evaluate] {model}: {scores} ({seconds:.1f}s)"
+
+
+def parse_score_line(line: str) -> tuple[str, dict[str, float]] | None:
+    """(model, {evaluation: top-1 accuracy}) from one score_line, else None."""
+    m = _SCORE_LINE.match(line.strip())
+    if m is None:
+        return None
+    words = m["scores"].split()
+    return m["model"], {e: float(v) for e, v in zip(words[::2], words[1::2])}
 
 
 def extra_probes_text(cfg: Config) -> str:

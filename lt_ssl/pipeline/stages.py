@@ -410,8 +410,7 @@ def evaluate(ctx: Context) -> dict:
         assert_unchanged(frozen, before)  # evaluation must never train the encoder it scores (fine-tune trains a copy)
         if not skipped:
             del not_applicable[name]
-        scores = " ".join(f"{e} {r['top1']:.4f}" for e, r in by.items() if r is not None)
-        print(f"[evaluate] {name}: {scores} ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+        print(report.score_line(name, by, time.perf_counter() - t0), file=sys.stderr)
 
     metrics = {"config_hash": config_hash(cfg), "dataset": info["dataset"], "subset": info["subset"],
                "groups": groups, "protocol": ev.protocol, "probe_train_size": int(y_train.shape[0]), "models": results}
