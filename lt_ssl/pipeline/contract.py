@@ -162,15 +162,31 @@ class Outputs:
         self.store.write_numpy(self.key(name), array)
 
 
+def code_commit(checkout: Path) -> str | None:
+    """The git commit of the checkout holding this code, "<sha>-dirty" when tracked files differ from it (untracked
+    files do not count), None outside a git checkout or without git."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=checkout)
+
+    try:
+        sha = git("rev-parse", "HEAD").stdout.strip()
+        if not sha:
+            return None
+        return sha + ("-dirty" if git("diff", "--quiet", "HEAD", "--").returncode == 1 else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# Read when this process imports the code, not when a stage ends: a checkout made while a stage runs (an experiment
+# worktree moved to a newer commit) must not relabel the code the stage had already loaded. Stage processes forked
+# by the local runner inherit the runner's value along with its code.
+_CODE_COMMIT = code_commit(Path(__file__).resolve().parent)
+
+
 def provenance() -> dict:
-    """What made this output: code version, packages, machine (STYLE 6)."""
-    commit = os.environ.get("LT_SSL_GIT_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                    cwd=Path(__file__).resolve().parent).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            commit = None
+    """What made this output: code version (LT_SSL_GIT_COMMIT where the code has no .git, e.g. an image or a device
+    call's copy; else the checkout's commit at import), packages, machine (STYLE 6)."""
+    commit = os.environ.get("LT_SSL_GIT_COMMIT") or _CODE_COMMIT
     versions = {}
     for pkg in ("lt-ssl", "torch", "torchvision", "numpy", "scikit-learn"):
         try:
