@@ -68,6 +68,7 @@ SETTINGS = {
     "small_cnn@16": Setting("small_cnn", 16, QUICKSTART_HEADS, steps=30),  # the quickstart (digits at 16 px)
     "small_cnn@28": Setting("small_cnn", 28, QUICKSTART_HEADS, steps=20),  # Fashion-MNIST's side
     "resnet18_cifar@32": Setting("resnet18_cifar", 32, CIFAR_HEADS, steps=4),  # CIFAR, where the model dominates
+    "vit_tiny@16": Setting("vit_tiny", 16, QUICKSTART_HEADS, steps=10),  # the methods table's MSN/PMSN backbone
 }
 
 
@@ -93,10 +94,13 @@ def sgd_step(opt: torch.optim.Optimizer, loss: Tensor) -> float:
 class Ours:
     """Device-resident uint8 images, batched augmentation through the stages' ssl_step, the stages' model."""
 
-    def __init__(self, hwc, cfg, batch: int, steps: int, device: torch.device, float32: bool = False):
+    def __init__(self, hwc, cfg, batch: int, steps: int, device: torch.device, float32: bool = False,
+                 channels_last: bool = False):
         torch.manual_seed(0)
         self.autocast = (lambda: contextlib.nullcontext()) if float32 else (lambda: step_autocast(device))
         self.model = new_method(cfg, cfg.method, device).train()
+        if channels_last:  # a candidate, not the stages' CPU path: the weights in NHWC, so convs run NHWC
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = optimizer(self.model, batch)
         self.images = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous().to(device)  # (N,3,S,S) uint8
         self.step_fn = ssl_step(self.model, cfg, MEAN, STD)
@@ -184,7 +188,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(name: str, setting: Setting, threads: int, batch: int, repeats: int, steps: int | None) -> dict:
+def measure(name: str, setting: Setting, threads: int, batch: int, repeats: int, steps: int | None,
+            channels_last: bool = False) -> dict:
     """Alternating rounds of ours and theirs (0 and 1 workers) -> medians, ratios and our augmentation share."""
     torch.set_num_threads(threads)
     steps = steps or setting.steps
@@ -194,6 +199,8 @@ def measure(name: str, setting: Setting, threads: int, batch: int, repeats: int,
     sides = {"ours": Ours(hwc, cfg, batch, steps, device)}
     if bf16_native(device):  # the same path with the step in float32, to show what bf16 autocast gives
         sides["ours_float32"] = Ours(hwc, cfg, batch, steps, device, float32=True)
+    if channels_last:  # the stages' CPU default (float32 unless LT_SSL_CPU_BF16) with channels_last weights
+        sides["ours_float32_channels_last"] = Ours(hwc, cfg, batch, steps, device, float32=True, channels_last=True)
     sides |= {"theirs_workers0": Theirs(hwc, cfg, batch, workers=0),
               "theirs_workers1": Theirs(hwc, cfg, batch, workers=1)}
     for side in sides.values():  # warm-up: allocator, worker start, first-call overheads
@@ -218,6 +225,9 @@ def measure(name: str, setting: Setting, threads: int, batch: int, repeats: int,
     for key in seconds:
         if key != "ours":
             row[f"ratio_vs_{key}"] = round(row["ours_images_per_s"] / row[f"{key}_images_per_s"], 2)
+    if "ours_float32_channels_last" in seconds:  # against the float32 step it would replace
+        f32 = "ours_float32" if "ours_float32" in seconds else "ours"
+        row["channels_last_gain"] = round(row["ours_float32_channels_last_images_per_s"] / row[f"{f32}_images_per_s"], 3)
     row["bf16_autocast"] = bf16_native(device)
     row["augment_share"] = round(statistics.median(shares), 3)
     row["load_average_1min"] = [round(x, 2) for x in loads]
@@ -233,11 +243,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="batches per round (default: per setting)")
     parser.add_argument("--quick", action="store_true",
                         help="small_cnn@16 at 1 thread, rounds of 10 steps (unless --steps): well under a minute")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time the float32 step with channels_last weights (a CPU candidate, not the stages' path)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.quick:
         args.settings, args.threads, args.steps = ["small_cnn@16"], [1], args.steps or 10
-    rows = [measure(name, SETTINGS[name], t, args.batch_size, args.repeats, args.steps)
+    rows = [measure(name, SETTINGS[name], t, args.batch_size, args.repeats, args.steps, args.channels_last)
             for name in args.settings for t in args.threads]
     report = {
         "command": " ".join(["benchmarks/train_step.py", *(argv if argv is not None else sys.argv[1:])]),
