@@ -15,7 +15,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 import sklearn
 import torch
 import torch.nn.functional as F
