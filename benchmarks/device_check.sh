@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a session with a CUDA machine should run, in one device call (run it with timeout_s=600: the parts'
 # limits add up to 590 s):
-#   1. the CUDA-only tests (train loop sync window, CUDA k-means, bf16 on CUDA, augmentation generators);
+#   1. the CUDA-only tests (train loop sync window, CUDA k-means, bf16 on CUDA, augmentation generators, kNN's
+#      deterministic kernels);
 #   2. benchmarks/pipeline.py on the quickstart (every stage on CUDA, wall time per stage, a profiler trace);
 #   3. benchmarks/gpu.sh (SimSiam ResNet-18 throughput, TFLOP/s, memory, k-means, one epoch per stage).
 # Usage: benchmarks/device_check.sh OUT_DIR   (writes pytest.log, gpu.json, gpu.log, pipeline_cuda.json, pipeline.log)
@@ -29,7 +30,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
     tail -n 5 "$out/$name.log"
 }
 part pytest 90 python3 -m pytest -q -p no:cacheprovider -rs tests/unit/test_train_loop.py tests/unit/test_cluster.py \
-    tests/unit/test_train_precision.py tests/unit/test_data_augment.py
+    tests/unit/test_train_precision.py tests/unit/test_data_augment.py tests/unit/test_evaluate.py
 part pipeline 120 python3 benchmarks/pipeline.py --run file:///tmp/lt-ssl-quickstart-cuda --trace /tmp/trace.json \
     --out "$out/pipeline_cuda.json"
 part gpu 380 env PYTHON=python3 benchmarks/gpu.sh "$out/gpu.json"

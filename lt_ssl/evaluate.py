@@ -111,8 +111,12 @@ def knn_predict(
     for start in range(0, test_feats.shape[0], chunk_size):
         test = F.normalize(test_feats[start : start + chunk_size].to(device).float(), dim=1)
         sim, idx = (test @ train.T).topk(k, dim=1)  # (B, k)
-        votes = torch.zeros(test.shape[0], num_classes, device=device)
-        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
+        # votes[b, c] = sum over the k neighbours of class c of exp(sim / T), as a reduction rather than
+        # scatter_add_, whose CUDA kernel adds in a nondeterministic order (torch.use_deterministic_algorithms lists
+        # it), so near-tied votes could flip between runs on a GPU. Two H200 runs of one split's raw-pixel floor gave
+        # 81.43 and 81.55; this may be why, not verified.
+        weights = (sim / temperature).exp()  # (B, k)
+        votes = (F.one_hot(labels[idx], num_classes).to(weights.dtype) * weights.unsqueeze(-1)).sum(dim=1)  # (B, C)
         preds.append(votes.argmax(dim=1))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=device)
 

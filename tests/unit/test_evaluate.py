@@ -44,6 +44,19 @@ def test_knn_matches_sklearn_weighted_cosine(k: int, temperature: float) -> None
     assert agreement >= 0.99
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: scatter_add_'s nondeterministic order is CUDA's")
+def test_knn_on_cuda_uses_only_deterministic_kernels(monkeypatch) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic mode refuses cuBLAS without it
+    train_x, train_y, test_x, _ = _blob_split(1500, 500, 16, classes=6, std=8.0)
+    cpu = knn_predict(train_x, train_y, test_x, num_classes=6, k=50)
+    torch.use_deterministic_algorithms(True)  # raises on any op without a deterministic CUDA kernel
+    try:
+        cuda = knn_predict(train_x.cuda(), train_y.cuda(), test_x.cuda(), num_classes=6, k=50)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert (cuda.cpu() == cpu).float().mean() >= 0.99  # CUDA's matmul may round differently at a near-tie
+
+
 def test_knn_validates_inputs() -> None:
     x, y = torch.randn(10, 4), torch.arange(10) % 3
     with pytest.raises(ConfigError, match="temperature"):
