@@ -95,12 +95,12 @@ class Ours:
     """Device-resident uint8 images, batched augmentation through the stages' ssl_step, the stages' model."""
 
     def __init__(self, hwc, cfg, batch: int, steps: int, device: torch.device, float32: bool = False,
-                 channels_last: bool = False):
+                 contiguous: bool = False):
         torch.manual_seed(0)
         self.autocast = (lambda: contextlib.nullcontext()) if float32 else (lambda: step_autocast(device))
         self.model = new_method(cfg, cfg.method, device).train()
-        if channels_last:  # a candidate, not the stages' CPU path: the weights in NHWC, so convs run NHWC
-            self.model = self.model.to(memory_format=torch.channels_last)
+        if contiguous:  # the weights back in NCHW: the stages' CPU layout before they went channels_last
+            self.model = self.model.to(memory_format=torch.contiguous_format)
         self.opt = optimizer(self.model, batch)
         self.images = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous().to(device)  # (N,3,S,S) uint8
         self.step_fn = ssl_step(self.model, cfg, MEAN, STD)
@@ -189,7 +189,7 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(name: str, setting: Setting, threads: int, batch: int, repeats: int, steps: int | None,
-            channels_last: bool = False) -> dict:
+            contiguous: bool = False) -> dict:
     """Alternating rounds of ours and theirs (0 and 1 workers) -> medians, ratios and our augmentation share."""
     torch.set_num_threads(threads)
     steps = steps or setting.steps
@@ -199,8 +199,8 @@ def measure(name: str, setting: Setting, threads: int, batch: int, repeats: int,
     sides = {"ours": Ours(hwc, cfg, batch, steps, device)}
     if bf16_native(device):  # the same path with the step in float32, to show what bf16 autocast gives
         sides["ours_float32"] = Ours(hwc, cfg, batch, steps, device, float32=True)
-    if channels_last:  # the stages' CPU default (float32 unless LT_SSL_CPU_BF16) with channels_last weights
-        sides["ours_float32_channels_last"] = Ours(hwc, cfg, batch, steps, device, float32=True, channels_last=True)
+    if contiguous:  # the stages' CPU default (float32 unless LT_SSL_CPU_BF16) with NCHW weights, the peer of channels_last
+        sides["ours_float32_contiguous"] = Ours(hwc, cfg, batch, steps, device, float32=True, contiguous=True)
     sides |= {"theirs_workers0": Theirs(hwc, cfg, batch, workers=0),
               "theirs_workers1": Theirs(hwc, cfg, batch, workers=1)}
     for side in sides.values():  # warm-up: allocator, worker start, first-call overheads
@@ -225,9 +225,9 @@ def measure(name: str, setting: Setting, threads: int, batch: int, repeats: int,
     for key in seconds:
         if key != "ours":
             row[f"ratio_vs_{key}"] = round(row["ours_images_per_s"] / row[f"{key}_images_per_s"], 2)
-    if "ours_float32_channels_last" in seconds:  # against the float32 step it would replace
+    if "ours_float32_contiguous" in seconds:  # the stages' channels_last weights against NCHW ones, both float32
         f32 = "ours_float32" if "ours_float32" in seconds else "ours"
-        row["channels_last_gain"] = round(row["ours_float32_channels_last_images_per_s"] / row[f"{f32}_images_per_s"], 3)
+        row["channels_last_gain"] = round(row[f"{f32}_images_per_s"] / row["ours_float32_contiguous_images_per_s"], 3)
     row["bf16_autocast"] = bf16_native(device)
     row["augment_share"] = round(statistics.median(shares), 3)
     row["load_average_1min"] = [round(x, 2) for x in loads]
@@ -243,13 +243,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="batches per round (default: per setting)")
     parser.add_argument("--quick", action="store_true",
                         help="small_cnn@16 at 1 thread, rounds of 10 steps (unless --steps): well under a minute")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="also time the float32 step with channels_last weights (a CPU candidate, not the stages' path)")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="also time the float32 step with NCHW weights, the peer of the stages' channels_last")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.quick:
         args.settings, args.threads, args.steps = ["small_cnn@16"], [1], args.steps or 10
-    rows = [measure(name, SETTINGS[name], t, args.batch_size, args.repeats, args.steps, args.channels_last)
+    rows = [measure(name, SETTINGS[name], t, args.batch_size, args.repeats, args.steps, args.contiguous)
             for name in args.settings for t in args.threads]
     report = {
         "command": " ".join(["benchmarks/train_step.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -113,8 +113,7 @@ def knn_predict(
         sim, idx = (test @ train.T).topk(k, dim=1)  # (B, k)
         # votes[b, c] = sum over the k neighbours of class c of exp(sim / T), as a reduction rather than
         # scatter_add_, whose CUDA kernel adds in a nondeterministic order (torch.use_deterministic_algorithms lists
-        # it), so near-tied votes could flip between runs on a GPU. Two H200 runs of one split's raw-pixel floor gave
-        # 81.43 and 81.55; this may be why, not verified.
+        # it), so near-tied votes could flip between runs on a GPU (docs/results.md, the H200 methods run).
         weights = (sim / temperature).exp()  # (B, k)
         votes = (F.one_hot(labels[idx], num_classes).to(weights.dtype) * weights.unsqueeze(-1)).sum(dim=1)  # (B, C)
         preds.append(votes.argmax(dim=1))

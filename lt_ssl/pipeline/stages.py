@@ -78,10 +78,9 @@ def to_device(images: np.ndarray, device: torch.device) -> Tensor:
 
 
 def new_backbone(cfg: Config, device: torch.device) -> nn.Module:
-    """The configured backbone on `device`, its weights channels_last on every device. On CPUs too: the float32
-    SimSiam step ran 1.22x (small_cnn, 16 px), 1.19x (28 px) faster at the experiments' batch of 256 and 1.09x
-    (resnet18_cifar) at 64, while vit_tiny ran the same (0.97x, within the noise); at the quickstart's batch of 32
-    it had made no difference. benchmarks/train_step.py --channels-last; figures in benchmarks/README.md."""
+    """The configured backbone on `device`, its weights channels_last on every device: on CPUs too, where the CNNs'
+    float32 step is faster that way at the experiments' batch size and vit_tiny's is unchanged
+    (benchmarks/train_step.py --contiguous; figures in benchmarks/README.md)."""
     return build_backbone(cfg.backbone).to(device).to(memory_format=torch.channels_last)
 
 
