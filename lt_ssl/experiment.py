@@ -337,16 +337,40 @@ def stage_seconds(successes: dict[str, dict[str, dict]]) -> dict[str, dict[str, 
     return out
 
 
+def _counted(labels: Sequence[str]) -> str:
+    """'a (2 cells), b (1 cell)': each label with how many cells have it, most first."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{k} ({n} cell{'s' if n != 1 else ''})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def code_line(successes: dict[str, dict[str, dict]]) -> str:
     """Which code made the finished cells: each git commit (short) with its count of cells; a cell whose stages ran
     under several commits (resumed after an update) counts under all of them, joined by '+'."""
-    counts: dict[str, int] = {}
-    for by_task in successes.values():
-        commits = sorted({(s.get("provenance") or {}).get("git_commit") or "unknown" for s in by_task.values()})
-        key = "+".join(c[:7] for c in commits)
-        counts[key] = counts.get(key, 0) + 1
-    made = ", ".join(f"{k} ({n} cell{'s' if n != 1 else ''})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return f"Code: git commit {made}." if counts else "Code: no finished cell yet."
+    made = _counted(["+".join(c[:7] for c in sorted({(s.get("provenance") or {}).get("git_commit") or "unknown"
+                                                    for s in by_task.values()}))
+                     for by_task in successes.values()])
+    return f"Code: git commit {made}." if made else "Code: no finished cell yet."
+
+
+def cell_devices(successes: dict[str, dict[str, dict]], named: bool = False) -> dict[str, str]:
+    """Finished cell id -> the device its stages ran on: the type ("cpu", "cuda"), or with `named` the hardware
+    where the records name it ("cuda (NVIDIA H200)"); several joined by '+'. Records older than the name have the
+    type alone."""
+    def label(success: dict) -> str:
+        kind = str(success.get("device") or "unknown").split(":", 1)[0]
+        name = success.get("device_name")
+        return f"{kind} ({name.removeprefix('cpu: ')})" if named and name else kind
+
+    return {cid: "+".join(sorted({label(s) for s in by_task.values()})) for cid, by_task in successes.items()}
+
+
+def device_line(successes: dict[str, dict[str, dict]]) -> str:
+    """Which devices ran the finished cells, with their counts of cells. CUDA stages run in bf16, CPU ones in
+    float32: numbers from different devices differ by as much as methods do, so compare within one."""
+    ran = _counted(list(cell_devices(successes, named=True).values()))
+    return f"Device: {ran}." if ran else "Device: no finished cell yet."
 
 
 def evals_in(metrics: dict[str, dict | None]) -> tuple[str, ...]:
@@ -359,14 +383,16 @@ def evals_in(metrics: dict[str, dict | None]) -> tuple[str, ...]:
 
 
 def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[str] = EVALS,
-              seconds: dict[str, dict[str, float]] | None = None) -> list[dict]:
+              seconds: dict[str, dict[str, float]] | None = None,
+              devices: dict[str, str] | None = None) -> list[dict]:
     """Report rows: one per variant x non-repeat axis values, then the two floors per axis values.
 
     Each row: {"row", "variant", "model", axis values..., "finished", "total", "status", "train_minutes", and for
     each eval and group "<eval>_<group>": (mean, std) in [0, 1] over the finished cells that report it, None where
     none does (a probe not run, or not applicable to the model: null in metrics.json)}. train_minutes: the mean
     over finished cells of the minutes of the stages that trained the row's model (contract.training_stages; from
-    `seconds`, stage_seconds' map), None for the floors or without `seconds`.
+    `seconds`, stage_seconds' map), None for the floors or without `seconds`; "device": the devices of its
+    finished cells (`devices`, cell_devices' map), "" without it.
     """
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     configs = {c.id: load_config(exp.config, list(c.overrides)) for c in exp.cells if not c.pending}
@@ -388,6 +414,7 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
                         for stage in training_stages(configs[c.id], model))
                     for c in timed]
         r["train_minutes"] = statistics.fmean(per_cell) / 60 if per_cell else None
+        r["device"] = "+".join(sorted({d for c in finished for d in (devices or {}).get(c.id, "").split("+")} - {""}))
         r["repeats"] = {}  # repeat key (split, seed) -> "<eval>_<group>" -> accuracy: the paired differences' input
         for c in finished:
             by_eval = metrics[c.id]["models"][model]
@@ -454,7 +481,8 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
     """The report as markdown: with `successes` (cell_successes), the compute and code lines too; with `source`,
     a line saying where the numbers came from; `entries`: the paired differences if already computed."""
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
-    head = ["row", *row_axes, "cells done", "train min",
+    by_device = len({r["device"] for r in rows} - {""}) > 1  # a column only where the table mixes devices
+    head = ["row", *row_axes, "cells done", *(["device"] if by_device else []), "train min",
             *[f"{e} {g if g != 'top1' else 'all'}" for e in evals for g in GROUPS]]
     lines = [f"# Experiment `{exp.name}`", "",
              f"Top-1 accuracy (%) on the test set, mean ± sample std over {' and '.join(REPEAT_KEYS)}; "
@@ -463,13 +491,16 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
              "stage process's wall time, so it depends on the machine, its load and the threads a cell had). "
              f"Base config `{exp.config}`; experiment file `{exp.path}`.", "",
              *([source, ""] if source else []),
-             *([compute_line(stage_seconds(successes)), code_line(successes), ""] if successes is not None else []),
+             *([compute_line(stage_seconds(successes)), code_line(successes), device_line(successes), ""]
+               if successes is not None else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         done = f"{r['finished']}/{r['total']}" + ("" if r["status"] in ("done", "partial") else f" ({r['status']})")
         minutes = "–" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"
         cells = [fmt_points(r[f"{e}_{g}"]) for e in evals for g in GROUPS]
-        lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, minutes, *cells]) + " |")
+        device = [r["device"] or "–"] if by_device else []
+        lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, *device, minutes, *cells])
+                     + " |")
     if entries is None:
         entries = differences.paired(exp.differences, rows, row_axes, EVALS)
     paired = differences.markdown(entries, row_axes, EVALS)
@@ -478,7 +509,7 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
 
 def report_csv(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS) -> str:
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
-    cols = ["row", "variant", "model", *row_axes, "finished", "total", "status", "train_minutes"]
+    cols = ["row", "variant", "model", *row_axes, "finished", "total", "status", "device", "train_minutes"]
     stats = [f"{e}_{g}_{s}" for e in evals for g in GROUPS for s in ("mean", "std")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -498,11 +529,12 @@ def report(exp: Experiment, prefix: str | None, out_dir: str | Path, log: str | 
         metrics, successes = log_metrics(exp, Path(log).read_text()), None
         source = (f"Read from the runner's log `{log}`, not from the cells' folders: a model counts where its cell's "
                   "evaluate stage printed its score; many/medium/few only where the cell printed its results table "
-                  "(a cell cut off inside evaluate has top-1 alone). No stage times or code versions.")
+                  "(a cell cut off inside evaluate has top-1 alone). No stage times, code versions or devices.")
     else:
         metrics, successes, source = cell_metrics(exp, prefix), cell_successes(exp, prefix), None
     evals = evals_in(metrics)
-    rows = aggregate(exp, metrics, evals, None if successes is None else stage_seconds(successes))
+    rows = aggregate(exp, metrics, evals, None if successes is None else stage_seconds(successes),
+                     None if successes is None else cell_devices(successes))
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
     entries = differences.paired(exp.differences, rows, row_axes, EVALS)
     out = Path(out_dir)

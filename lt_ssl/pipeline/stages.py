@@ -60,6 +60,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """The hardware a stage ran on, for its success record: the GPU's name, else the CPU's model. A report groups
+    cells by it, because the device (and the bf16 that CUDA steps run in) moves accuracies by as much as methods
+    differ (docs/results.md)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"cpu: {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return device.type
+
+
 def training_images(ctx: Context) -> tuple[Arrays, np.ndarray, dict]:
     """The run's training arrays, its subset indices and prepare's info (mean/std, groups)."""
     arrays = load_arrays(ctx.cfg.data, train=True)
@@ -482,7 +498,8 @@ def run_stage(name: str, store: Store, cfg: Config | None, *, cluster: int | Non
     metrics.stage_duration(time.time() - started)
     ctx.out.bytes("metrics.prom", metrics.exposition())
     metrics.push()
-    write_success(ctx.out, chash, started, {"summary": summary, "device": str(ctx.device)})
+    write_success(ctx.out, chash, started, {"summary": summary, "device": str(ctx.device),
+                                             "device_name": device_name(ctx.device)})
     if output_path:
         write_output(stage.output, store, output_path)
     return "done"

@@ -42,6 +42,8 @@ def test_every_stage_writes_success_last_with_its_outputs(done_run):
         for key in success["outputs"]:
             assert store.exists(key), key
         assert success["provenance"]["versions"]["torch"]
+        # the device as the report groups cells by it: its type, and the hardware's name (the CPU model here)
+        assert success["device"] == "cpu" and success["device_name"].startswith("cpu"), prefix
     assert store.exists("config.yaml")
 
 

@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from lt_ssl.errors import ConfigError
-from lt_ssl.experiment import (aggregate, code_line, compute_line, evals_in, load_experiment, report_csv,
+from lt_ssl.experiment import (aggregate, cell_devices, code_line, compute_line, device_line, evals_in, load_experiment, report_csv,
                                report_markdown, stage_seconds)
 
 BASE = "name: t\nconfig: configs/quickstart.yaml\n"
@@ -173,6 +173,32 @@ def test_compute_and_code_lines_read_the_cells_success_records():
     assert compute_line(stage_seconds(successes)).startswith(f"Compute so far: 3 finished cells, {hours:.1f} h")
     assert code_line(successes) == "Code: git commit 838aa9e (2 cells), 5ba811e+838aa9e (1 cell)."
     assert code_line({}) == "Code: no finished cell yet."
+
+
+def test_devices_are_counted_per_cell_and_shown_per_row_only_where_a_table_mixes_them(tmp_path):
+    on = lambda device, name=None: {"device": device, **({"device_name": name} if name else {})}  # noqa: E731
+    successes = {"a--split-0": {"pretrain": on("cuda:0", "NVIDIA H200"), "evaluate": on("cuda", "NVIDIA H200")},
+                 "a--split-1": {"pretrain": on("cpu")},  # a record older than device_name: the type alone
+                 "b--split-0": {"pretrain": on("cpu", "cpu: AMD EPYC")},
+                 "b--split-1": {"pretrain": on("cpu"), "evaluate": on("cuda")}}  # resumed elsewhere
+    assert cell_devices(successes) == {"a--split-0": "cuda", "a--split-1": "cpu", "b--split-0": "cpu",
+                                       "b--split-1": "cpu+cuda"}
+    assert device_line(successes) == ("Device: cuda (NVIDIA H200) (1 cell), cpu (1 cell), cpu (AMD EPYC) (1 cell), "
+                                      "cpu+cuda (1 cell).")
+    assert device_line({}) == "Device: no finished cell yet."
+
+    exp = _exp(tmp_path, "variants:\n  A: {}\n  B: {}\naxes:\n  split: [0, 1]\n")
+    metrics = {c.id: _metrics({"base": 0.7, "random": 0.3, "pixels": 0.5}) for c in exp.cells}
+    by = {r["row"]: r for r in aggregate(exp, metrics, devices=cell_devices(successes))}
+    assert by["A"]["device"] == "cpu+cuda" and by["B"]["device"] == "cpu+cuda"
+    text = report_markdown(exp, list(by.values()))
+    assert "| row | cells done | train min |" in text  # one device label in all rows: no column
+    one = {c: "cpu" for c in successes}
+    one["a--split-0"] = "cuda"
+    text = report_markdown(exp, aggregate(exp, metrics, devices=one))
+    assert "| row | cells done | device | train min |" in text
+    assert "| A | 2/2 | cpu+cuda | – |" in text and "| B | 2/2 | cpu | – |" in text
+    assert ",device," in report_csv(exp, aggregate(exp, metrics)).splitlines()[0]  # the CSV always has it
 
 
 def test_paired_differences_are_taken_split_by_split_by_variant_and_by_axis(tmp_path):
