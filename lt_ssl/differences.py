@@ -8,6 +8,9 @@ sets) and seed, so the difference is taken per split and then averaged, as a pai
     d_s = acc(row, s) − acc(reference row, s)   for each split (and seed) s where both rows have finished
     reported: mean_s d_s ± sample std_s d_s, and in how many of those s the row is ahead (d_s > 0)
 
+A pair whose two cells ran on different devices (CUDA in bf16, CPU in float32) is still taken, and counted as
+such: the device moves accuracies by as much as methods differ, so such a d_s holds the device's shift too.
+
 An experiment file asks for them under `differences:` (a list); `by` is `variant` or an axis key, and the
 reference row is the one with `by` = `reference` and every other axis value the same:
 
@@ -75,7 +78,8 @@ def _value(row: dict, by: str) -> Any:
 
 
 def paired(diffs: Sequence[Difference], rows: list[dict], row_axes: Sequence[str], evals: Sequence[str]) -> list[dict]:
-    """One dict per (difference, row with a reference row): {"row", axis values..., "reference", "pairs", and per
+    """One dict per (difference, row with a reference row): {"row", axis values..., "reference", "pairs",
+    "cross_device" (how many of the pairs ran on two known devices; without "repeat_devices", none), and per
     eval and DIFF_GROUPS group "<eval>_<group>": (mean, std) of d_s and "<eval>_<group>_ahead": the count of
     d_s > 0}. Rows come from experiment.aggregate and carry "repeats": {repeat key: {"<eval>_<group>": acc}}."""
     out = []
@@ -92,9 +96,12 @@ def paired(diffs: Sequence[Difference], rows: list[dict], row_axes: Sequence[str
             if ref is None:
                 continue
             shared = [k for k in r["repeats"] if k in ref["repeats"]]
+            devices = r.get("repeat_devices", {}), ref.get("repeat_devices", {})
             entry: dict[str, Any] = {"row": r["row"], **{a: r.get(a) for a in row_axes},
                                      "reference": _label(d),
-                                     "pairs": len(shared)}
+                                     "pairs": len(shared),
+                                     "cross_device": sum(bool(a and b and a != b) for a, b in
+                                                         ((devices[0].get(k), devices[1].get(k)) for k in shared))}
             for e in evals:
                 for g in DIFF_GROUPS:
                     key = f"{e}_{g}"
@@ -123,14 +130,15 @@ def markdown(entries: list[dict], row_axes: Sequence[str], evals: Sequence[str])
     for x in entries:
         ahead = [f"{x[f'{e}_top1_ahead']}/{x[f'{e}_top1_n']}" for e in evals]
         vals = [fmt_points(x[f"{e}_{g}"], signed=True) for e in evals for g in DIFF_GROUPS]
-        lines.append("| " + " | ".join([x["row"], *[str(x[a]) for a in row_axes], x["reference"], str(x["pairs"]),
+        pairs = str(x["pairs"]) + (f" ({x['cross_device']} across devices)" if x.get("cross_device") else "")
+        lines.append("| " + " | ".join([x["row"], *[str(x[a]) for a in row_axes], x["reference"], pairs,
                                         *vals, *ahead]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def csv_text(entries: list[dict], row_axes: Sequence[str], evals: Sequence[str]) -> str:
     """The differences as CSV: one line per entry, mean and std of d_s per eval and group, and the ahead counts."""
-    cols = ["row", *row_axes, "reference", "pairs"]
+    cols = ["row", *row_axes, "reference", "pairs", "cross_device"]
     stats = [f"{e}_{g}_{x}" for e in evals for g in DIFF_GROUPS for x in ("mean", "std", "ahead", "n")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

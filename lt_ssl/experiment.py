@@ -416,10 +416,12 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
         r["train_minutes"] = statistics.fmean(per_cell) / 60 if per_cell else None
         r["device"] = "+".join(sorted({d for c in finished for d in (devices or {}).get(c.id, "").split("+")} - {""}))
         r["repeats"] = {}  # repeat key (split, seed) -> "<eval>_<group>" -> accuracy: the paired differences' input
+        r["repeat_devices"] = {}  # repeat key -> its cell's device, "" unknown: a pair across devices is flagged
         for c in finished:
             by_eval = metrics[c.id]["models"][model]
-            r["repeats"][tuple(dict(c.values).get(k, "") for k in REPEAT_KEYS)] = {
-                f"{e}_{g}": (by_eval.get(e) or {}).get(g) for e in evals for g in GROUPS}
+            repeat = tuple(dict(c.values).get(k, "") for k in REPEAT_KEYS)
+            r["repeats"][repeat] = {f"{e}_{g}": (by_eval.get(e) or {}).get(g) for e in evals for g in GROUPS}
+            r["repeat_devices"][repeat] = (devices or {}).get(c.id, "")
         for e in evals:
             for g in GROUPS:
                 values = [rep[f"{e}_{g}"] for rep in r["repeats"].values() if rep[f"{e}_{g}"] is not None]

@@ -7,9 +7,10 @@ import statistics
 
 import pytest
 
+from lt_ssl import differences
 from lt_ssl.errors import ConfigError
-from lt_ssl.experiment import (aggregate, cell_devices, code_line, compute_line, device_line, evals_in, load_experiment, report_csv,
-                               report_markdown, stage_seconds)
+from lt_ssl.experiment import (aggregate, cell_devices, code_line, compute_line, device_line, evals_in, load_experiment,
+                               report_csv, report_markdown, stage_seconds)
 
 BASE = "name: t\nconfig: configs/quickstart.yaml\n"
 
@@ -199,6 +200,16 @@ def test_devices_are_counted_per_cell_and_shown_per_row_only_where_a_table_mixes
     assert "| row | cells done | device | train min |" in text
     assert "| A | 2/2 | cpu+cuda | – |" in text and "| B | 2/2 | cpu | – |" in text
     assert ",device," in report_csv(exp, aggregate(exp, metrics)).splitlines()[0]  # the CSV always has it
+
+    # A paired difference whose two cells ran on different devices is taken, and says so.
+    exp = _exp(tmp_path, "variants:\n  A: {}\n  B: {}\naxes:\n  split: [0, 1]\n"
+                         "differences:\n  - {by: variant, reference: A}\n")
+    rows = aggregate(exp, metrics, devices=one)
+    [entry] = differences.paired(exp.differences, rows, [], ("knn",))
+    assert entry["pairs"] == 2 and entry["cross_device"] == 1  # split 0: B on cpu minus A on cuda
+    assert "| B | A | 2 (1 across devices) |" in differences.markdown([entry], [], ("knn",))
+    [same] = differences.paired(exp.differences, aggregate(exp, metrics), [], ("knn",))  # devices unknown
+    assert same["cross_device"] == 0 and "| B | A | 2 |" in differences.markdown([same], [], ("knn",))
 
 
 def test_paired_differences_are_taken_split_by_split_by_variant_and_by_axis(tmp_path):
