@@ -7,6 +7,10 @@
 # Debian's dataset-fashion-mnist, copied from /usr/share/datasets/fashion-mnist), put at that Debian path there.
 # The copy on the device has no .git: set LT_SSL_GIT_COMMIT so each stage's provenance names the code.
 # PYTHON: the interpreter (default python3); LT_SSL_DEVICE_RUNS: where the cells' folders go (default /tmp/lt-ssl-runs).
+# LT_SSL_THREADS: the cores the runner shares out (default the CPU count). A cell of T threads runs up to min(T, 4)
+# stages at once, so a recipe cell needs 3 to train its base beside its baseline and its 3 experts together: for 6
+# such cells on 16 cores, LT_SSL_THREADS=18 (session 7: Experiment II at p = 10, six cells in 307 s). A GPU step
+# is launch-bound on one core, so the share oversubscribes little.
 # After SECONDS the runner gets SIGTERM, so each training stage writes a checkpoint and exits, and the archive is
 # made inside the call's limit: every cell's outputs except weights (*.pt: models and checkpoints), in 15 MiB parts
 # OUT_DIR/runs.tgz.00, .01, ... because a call brings back at most 8 files of 16 MiB (64 MiB in all; G-SimCLR's
