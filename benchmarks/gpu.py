@@ -36,7 +36,7 @@ from lt_ssl.config import AugmentConfig, Config, TrainConfig  # noqa: E402
 from lt_ssl.data.augment import augment_batch  # noqa: E402
 from lt_ssl.methods import METHODS, Batch, DistillStudent, build  # noqa: E402
 from lt_ssl.models import build_backbone  # noqa: E402
-from lt_ssl.pipeline.stages import _teacher_targets, ssl_step  # noqa: E402
+from lt_ssl.pipeline.stages import _teacher_targets, device_name, ssl_step  # noqa: E402
 from lt_ssl.store.local import LocalStore  # noqa: E402
 from lt_ssl.train import Checkpointer, train  # noqa: E402
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         epochs = stage_epochs(device, sizes, Path(tmp))
     report = {
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": device_name(device),  # as each stage's _SUCCESS.json names it
         "smoke": device.type != "cuda",
         "batch_size": sizes.batch,
         "image_size": sizes.image,

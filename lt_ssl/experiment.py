@@ -414,7 +414,6 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
                         for stage in training_stages(configs[c.id], model))
                     for c in timed]
         r["train_minutes"] = statistics.fmean(per_cell) / 60 if per_cell else None
-        r["device"] = "+".join(sorted({d for c in finished for d in (devices or {}).get(c.id, "").split("+")} - {""}))
         r["repeats"] = {}  # repeat key (split, seed) -> "<eval>_<group>" -> accuracy: the paired differences' input
         r["repeat_devices"] = {}  # repeat key -> its cell's device, "" unknown: a pair across devices is flagged
         for c in finished:
@@ -422,6 +421,7 @@ def aggregate(exp: Experiment, metrics: dict[str, dict | None], evals: Sequence[
             repeat = tuple(dict(c.values).get(k, "") for k in REPEAT_KEYS)
             r["repeats"][repeat] = {f"{e}_{g}": (by_eval.get(e) or {}).get(g) for e in evals for g in GROUPS}
             r["repeat_devices"][repeat] = (devices or {}).get(c.id, "")
+        r["device"] = "+".join(sorted({d for ds in r["repeat_devices"].values() for d in ds.split("+")} - {""}))
         for e in evals:
             for g in GROUPS:
                 values = [rep[f"{e}_{g}"] for rep in r["repeats"].values() if rep[f"{e}_{g}"] is not None]
