@@ -30,7 +30,9 @@ def _normaliser(mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, s
         raise ConfigError(f"normalisation std {std_t.flatten().tolist()} must be positive; fix the dataset's std")
 
     def prepare(images: Tensor) -> Tensor:
-        x = images.to(device, non_blocking=True).float().div_(255.0)
+        # non_blocking only host -> device: a device -> host copy with it returns before the data has arrived, and
+        # the CPU ops below would read a half-filled buffer (the raw-pixel floor of CUDA runs did, until 2026-12-04).
+        x = images.to(device, non_blocking=images.device.type == "cpu").float().div_(255.0)
         if size is not None and tuple(x.shape[-2:]) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return (x - mean_t) / std_t
@@ -38,9 +40,11 @@ def _normaliser(mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, s
     return prepare
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def _device_of(module: nn.Module, inputs: Tensor) -> torch.device:
+    """Where module computes: its parameters' device, or its inputs' for a parameterless one (the pixel floor), so
+    that no evaluation copies a CUDA run's images to the host."""
     param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    return param.device if param is not None else inputs.device
 
 
 def extract_features(
@@ -55,13 +59,14 @@ def extract_features(
     """Features: (N, D) float32 on `device` of images: (N, 3, H, W) uint8, in eval mode and without gradients.
 
     Each batch is scaled to [0, 1], resized to size x size (bilinear) when size is given and differs, and
-    normalised with the per-channel mean/std. device defaults to the backbone's; bf16 autocast is used on CUDA.
+    normalised with the per-channel mean/std. device defaults to the backbone's (the images' for one without
+    weights); bf16 autocast is used on CUDA.
     Every submodule's train/eval mode is restored afterwards.
     """
     _check_images(images)
     if batch_size < 1:
         raise ConfigError(f"feature batch_size={batch_size} must be at least 1; raise it")
-    device = torch.device(device) if device is not None else _device_of(backbone)
+    device = torch.device(device) if device is not None else _device_of(backbone, images)
     prepare = _normaliser(mean, std, size, device)
 
     # Remember each submodule's mode: a caller may keep, say, a frozen BN in eval inside a training model.
@@ -222,7 +227,7 @@ def head_features(layers: Sequence[nn.Module], feats: Tensor, batch_size: int = 
     modes = {m: m.training for m in head.modules()}
     head.eval()
     outs: list[list[Tensor]] = [[] for _ in layers]
-    device = _device_of(head) if len(layers) else feats.device
+    device = _device_of(head, feats)
     try:
         with torch.no_grad():
             for start in range(0, feats.shape[0], batch_size):
@@ -272,7 +277,7 @@ def finetune(
     encoder = copy.deepcopy(backbone)
     if not any(True for _ in encoder.parameters()):
         raise ConfigError("fine-tune needs an encoder with weights; this one has none (the raw-pixel floor?)")
-    device = _device_of(encoder)
+    device = _device_of(encoder, images)
     labels = _check_labels(labels, images.shape[0], num_classes, "fine-tune").to(device)
     feats = extract_features(encoder, images, mean, std, size, feature_batch_size, device)
     head = fit_linear(feats, labels, num_classes, linear_epochs, linear_lr, linear_weight_decay, seed=seed)

@@ -13,11 +13,13 @@ from torch import nn
 
 from lt_ssl.errors import ConfigError, DataError
 from lt_ssl.evaluate import (
+    _device_of,
     accuracy_report,
     assert_unchanged,
     extract_features,
     knn_predict,
     linear_probe,
+    pixel_encoder,
     state_snapshot,
 )
 
@@ -128,6 +130,28 @@ def test_extract_features_keeps_model_and_modes() -> None:
     with torch.no_grad():
         expected = model((x - 0.5) / 0.25).flatten(1)
     torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_encoder_without_weights_computes_where_its_images_are() -> None:
+    # The pixel floor has no parameters: its features must come from the images' device (a CUDA run's GPU), not
+    # from a copy to the host. The meta device stands in for a second device on a CPU-only machine.
+    images = torch.empty(4, 3, 8, 8, dtype=torch.uint8, device="meta")
+    assert _device_of(pixel_encoder(), images) == torch.device("meta")
+    assert _device_of(nn.Linear(2, 2), images) == torch.device("cpu")  # one with weights: theirs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the copy back to the host is CUDA's")
+def test_features_of_cuda_images_are_those_of_the_same_images_on_the_host() -> None:
+    # Regression: the host copy was made with non_blocking=True and read before it had arrived, so the raw-pixel
+    # floor of CUDA runs moved from cell to cell. A long queued kernel delays the copy, as training does.
+    images = torch.randint(0, 256, (4096, 3, 28, 28), dtype=torch.uint8)
+    host = extract_features(pixel_encoder(), images, [0.5] * 3, [0.25] * 3, size=16, batch_size=512)
+    a = torch.randn(4096, 4096, device="cuda")
+    for device in ("cuda", "cpu"):  # the pixel floor on the GPU, and a host encoder fed CUDA images
+        _ = [a @ a for _ in range(8)]
+        feats = extract_features(pixel_encoder(), images.cuda(), [0.5] * 3, [0.25] * 3, size=16, batch_size=512,
+                                 device=device)
+        torch.testing.assert_close(feats.cpu(), host, rtol=1e-5, atol=1e-5)
 
 
 def test_extract_features_rejects_float_images() -> None:
