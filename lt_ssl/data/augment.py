@@ -57,7 +57,7 @@ def augment_batch(
     are drawn per sample as torchvision draws them per image; before normalisation values lie
     in [0, 1]. Every random number comes from `generator`, which must live on x.device.
     `extra`: per-sample RandAugment-style operations after all of that, before normalisation (see
-    extra_ops_); their draws come after the base pipeline's, so None leaves the view unchanged.
+    extra_ops); their draws come after the base pipeline's, so None leaves the view unchanged.
     """
     _check_image_batch(x)
     if generator is not None and not _same_device(generator.device, x.device):
@@ -81,7 +81,7 @@ def augment_batch(
         solarize = (u[:, _SOLAR] < cfg.solarize_p).view(-1, 1, 1, 1) & (out >= _SOLARIZE_THRESHOLD)
         out = torch.where(solarize, 1.0 - out, out)
     if extra is not None:
-        out = extra_ops_(out, extra, generator)
+        out = extra_ops(out, extra, generator)
     return _normalize_(out, mean, std)
 
 
@@ -327,10 +327,16 @@ class ExtraOps:
                              f"{self.max_magnitude}")
 
 
-def extra_ops_(x: Tensor, extra: ExtraOps, generator: torch.Generator | None = None) -> Tensor:
+SYNC_FREE_DEVICES = ("cuda",)  # device types on which extra_ops runs every op on the whole batch (_masked_round)
+
+
+def extra_ops(x: Tensor, extra: ExtraOps, generator: torch.Generator | None = None) -> Tensor:
     """x: (B,C,H,W) float in [0,1] -> the same batch with extra's operations applied, still in [0,1].
 
-    Written into x where a sample is transformed (x is returned). One device sync per round (the op counts).
+    x may be overwritten. On a CPU each op runs on the samples that drew it (_grouped_round: the least arithmetic,
+    one host sync a round for the group sizes); on SYNC_FREE_DEVICES every op runs on the whole batch and each
+    sample keeps its own op's result (_masked_round: about 15x the arithmetic, no sync and no gathers, which a GPU
+    step of the experiments' small models is bound by: benchmarks/ops_per_step.py). Both give the same views.
     """
     batch = x.shape[0]
     if x.ndim != 4 or tuple(extra.strength.shape) != (batch,):
@@ -338,6 +344,7 @@ def extra_ops_(x: Tensor, extra: ExtraOps, generator: torch.Generator | None = N
                          f"{tuple(extra.strength.shape)}")
     strength = extra.strength.to(device=x.device, dtype=torch.float32)
     x = x.float()  # the base pipeline's blur leaves bf16 under CUDA autocast; grid_sample wants one dtype
+    one_round = _masked_round if x.device.type in SYNC_FREE_DEVICES else _grouped_round
     # float32 throughout: under bf16 autocast the affine grid and the sharpness conv would round to 8 bits.
     with torch.autocast(x.device.type, enabled=False):
         for _ in range(extra.num_ops):
@@ -346,15 +353,32 @@ def extra_ops_(x: Tensor, extra: ExtraOps, generator: torch.Generator | None = N
             op = torch.where(u[:, 1] < strength, op, -1)  # -1: this round leaves the sample alone
             magnitude = extra.max_magnitude * strength * u[:, 2]
             sign = torch.where(u[:, 3] < 0.5, -1.0, 1.0)
-            counts = torch.bincount(op + 1, minlength=len(EXTRA_OPS) + 1).tolist()
-            groups = torch.argsort(op, stable=True).split(counts)  # groups[1 + k]: the samples that drew op k
-            geometric = torch.cat(groups[1:1 + _NUM_GEOMETRIC])
-            if geometric.numel():
-                x[geometric] = _affine(x[geometric], op[geometric], magnitude[geometric] * sign[geometric])
-            for k, rows in enumerate(groups[1 + _NUM_GEOMETRIC:], start=_NUM_GEOMETRIC):
-                if rows.numel():
-                    x[rows] = _pixel_op(EXTRA_OPS[k], x[rows], magnitude[rows], sign[rows], u[rows, 4:6])
+            x = one_round(x, op, magnitude, sign, u[:, 4:6])
     return x
+
+
+def _grouped_round(x: Tensor, op: Tensor, magnitude: Tensor, sign: Tensor, at: Tensor) -> Tensor:
+    """One round, each op applied to the samples that drew it, written into x. op: (B,) in -1..14 (-1: none);
+    magnitude, sign: (B,); at: (B,2) uniforms (cutout's centre)."""
+    counts = torch.bincount(op + 1, minlength=len(EXTRA_OPS) + 1).tolist()  # the host sync
+    groups = torch.argsort(op, stable=True).split(counts)  # groups[1 + k]: the samples that drew op k
+    geometric = torch.cat(groups[1:1 + _NUM_GEOMETRIC])
+    if geometric.numel():
+        x[geometric] = _affine(x[geometric], op[geometric], magnitude[geometric] * sign[geometric])
+    for k, rows in enumerate(groups[1 + _NUM_GEOMETRIC:], start=_NUM_GEOMETRIC):
+        if rows.numel():
+            x[rows] = _pixel_op(EXTRA_OPS[k], x[rows], magnitude[rows], sign[rows], at[rows])
+    return x
+
+
+def _masked_round(x: Tensor, op: Tensor, magnitude: Tensor, sign: Tensor, at: Tensor) -> Tensor:
+    """The same round as _grouped_round with every op run on the whole batch, each sample keeping its own op's
+    result (torch.where: a sample's other results, even non-finite ones, never reach it)."""
+    drew = op.view(-1, 1, 1, 1)
+    out = torch.where((drew >= 0) & (drew < _NUM_GEOMETRIC), _affine(x, op, magnitude * sign), x)
+    for k in range(_NUM_GEOMETRIC, len(EXTRA_OPS)):
+        out = torch.where(drew == k, _pixel_op(EXTRA_OPS[k], x, magnitude, sign, at), out)
+    return out
 
 
 def _affine(x: Tensor, op: Tensor, v: Tensor) -> Tensor:

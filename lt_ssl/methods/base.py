@@ -71,9 +71,10 @@ class Method(nn.Module):
         """
         return []
 
-    def on_train_start(self) -> None:
-        """Called before training on a set of images, before a checkpoint of that run is loaded: per-sample state
-        keyed by Batch.idx starts over here (an expert started from the base model trains on other images)."""
+    def on_train_start(self, num_images: int) -> None:
+        """Called before training on num_images images, before a checkpoint of that run is loaded: per-sample state
+        keyed by Batch.idx (0 .. num_images - 1) starts over here, sized once, so that no step has to ask the
+        device how large an index is (an expert started from the base model trains on other images)."""
 
     def after_step(self) -> None:
         """Called after each optimizer step (momentum/EMA targets)."""

@@ -87,7 +87,7 @@ class BCL(SimCLR):
 
     The statistics are buffers keyed by the sample's position in the training tensor (Batch.idx), so checkpoints
     carry them and a resumed run continues with the same strengths; they start over with each training run
-    (on_train_start), and grow to the largest index seen, since a method is built before its images are known.
+    (on_train_start), sized to its images then, so no step reads an index back from the device.
     """
 
     Config = BCLConfig
@@ -98,14 +98,13 @@ class BCL(SimCLR):
         super().__init__(backbone, cfg)
         self.register_buffer("shadow", torch.zeros(0))  # m_i, the momentum loss
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))  # whether m_i holds a loss yet
-        self.register_buffer("strength", torch.zeros(0))  # w_i, set at each epoch end
-        self.register_buffer("new_strength", torch.zeros(()))  # w of an index beyond the buffers: 0, then 1/2
+        self.register_buffer("strength", torch.zeros(0))  # w_i: 0 in the first epoch, then set at each epoch end
 
     @torch.no_grad()
-    def on_train_start(self) -> None:
+    def on_train_start(self, num_images: int) -> None:
         # Batch.idx now indexes another image set (an expert started from the base model): start over.
-        self.shadow, self.seen, self.strength = self.shadow[:0], self.seen[:0], self.strength[:0]
-        self.new_strength.zero_()
+        self.shadow, self.strength = (torch.zeros(num_images, device=self.shadow.device) for _ in range(2))
+        self.seen = torch.zeros(num_images, dtype=torch.bool, device=self.seen.device)
 
     def loss(self, batch: Batch) -> dict:
         z1, z2 = self.project(batch)  # (B, proj_dim) each
@@ -117,32 +116,22 @@ class BCL(SimCLR):
     @torch.no_grad()
     def track(self, idx: Tensor, loss: Tensor) -> None:
         """Fold this step's per-sample losses (B,) into the momentum losses of samples idx (B,)."""
-        self._cover(idx)
         self.shadow[idx] = momentum_update(self.shadow[idx], self.seen[idx], loss.float(), self.cfg.momentum)
         self.seen[idx] = True
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> None:
-        self.strength.copy_(momentum_strength(self.shadow, self.seen))
-        self.new_strength.fill_(0.5)
+        self.strength.copy_(momentum_strength(self.shadow, self.seen))  # 1/2 for a sample not seen yet
 
     def augment_strength(self, idx: Tensor) -> ExtraOps | None:
         if self.cfg.rand_ops == 0:
             return None
-        self._cover(idx)
         return ExtraOps(self.strength[idx], self.cfg.rand_ops, self.cfg.rand_magnitude)
-
-    def _cover(self, idx: Tensor) -> None:
-        """Grow the per-sample buffers to hold index idx.max()."""
-        n = int(idx.max()) + 1 if idx.numel() else 0
-        old = self.shadow.numel()
-        if n > old:
-            self.shadow = torch.cat([self.shadow, self.shadow.new_zeros(n - old)])
-            self.seen = torch.cat([self.seen, self.seen.new_zeros(n - old)])
-            self.strength = torch.cat([self.strength, self.new_strength.expand(n - old)])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint's buffers have the length of the set it was trained on; take that length before loading.
+        # Checkpoints from before 2026-12-04 also carry new_strength, the strength of a buffer grown mid-epoch.
+        state_dict.pop(prefix + "new_strength", None)
         for name in ("shadow", "seen", "strength"):
             saved = state_dict.get(prefix + name)
             if saved is not None:

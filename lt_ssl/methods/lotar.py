@@ -46,9 +46,9 @@ def lotar_weights(d: Tensor) -> Tensor:
     """
     d = d.detach().float()
     spread = d.max() - d.min()
-    if spread <= 1e-5 * d.abs().max():
-        return torch.ones_like(d)
-    return 1 + (d - d.mean()) / spread
+    equal = spread <= 1e-5 * d.abs().max()
+    # torch.where, not `if`: deciding on the host would sync with the GPU every step (benchmarks/ops_per_step.py)
+    return torch.where(equal, 1.0, 1 + (d - d.mean()) / spread.clamp_min(torch.finfo(d.dtype).tiny))
 
 
 class LoTaR(SimCLR):

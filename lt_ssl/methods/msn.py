@@ -174,9 +174,12 @@ class MSN(Method):
     @torch.no_grad()
     def after_step(self) -> None:
         m = self.momentum()
-        for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
-            for p, t in zip(online.parameters(), target.parameters()):
-                t.mul_(m).add_(p.detach(), alpha=1.0 - m)
+        online = [p.detach() for p in (*self.backbone.parameters(), *self.projector.parameters())]
+        target = [*self.target_backbone.parameters(), *self.target_projector.parameters()]
+        # t <- m t + (1 - m) p over every tensor at once: two foreach ops instead of two per tensor (126 launches
+        # a step for vit_tiny on a GPU; benchmarks/ops_per_step.py), and the same rounding as per tensor.
+        torch._foreach_mul_(target, m)
+        torch._foreach_add_(target, online, alpha=1.0 - m)
 
 
 class PMSN(MSN):

@@ -147,7 +147,7 @@ def train_ssl(ctx: Context, model: Method, images: Tensor, tcfg: TrainConfig, m:
     if "pseudolabel" in model.needs_stages:
         labels = ctx.store.read_numpy("pseudolabel/labels.npy")
         model.set_pseudolabels(torch.from_numpy(labels if positions is None else labels[positions]))
-    model.on_train_start()  # before train() loads a checkpoint, which brings this run's own state back
+    model.on_train_start(images.shape[0])  # before train() loads a checkpoint, which brings this run's state back
     result = train(model, model.param_groups(tcfg.lr), images, ssl_step(model, ctx.cfg, info["mean"], info["std"]),
                    tcfg, ckpt, seed=ctx.cfg.seed + _stage_seed(ctx), name=ctx.name, metrics=ctx.metrics,
                    collapse_std=model.collapse_std(), after_step=model.after_step, on_epoch_end=model.on_epoch_end,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lt_ssl.config import AugmentConfig, load_config
-from lt_ssl.data.augment import ExtraOps, augment_batch, extra_ops_
+from lt_ssl.data import augment
+from lt_ssl.data.augment import EXTRA_OPS, ExtraOps, augment_batch, extra_ops
 from lt_ssl.losses import nt_xent_loss
 from lt_ssl.methods import Batch
 from lt_ssl.methods.bcl import BCL, momentum_strength, momentum_update
@@ -68,6 +69,7 @@ def test_strengths_by_hand():
 def test_loss_is_nt_xent_and_the_momentum_loss_follows_the_per_sample_terms():
     g = torch.Generator().manual_seed(3)
     model = _model(momentum=0.9)
+    model.on_train_start(5)
     z1, z2 = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
     out = _fixed(model, z1, z2).loss(_batch([4, 0, 2]))
     terms = _view_terms(z1.numpy(), z2.numpy(), 0.2)
@@ -89,6 +91,7 @@ def test_no_gradient_flows_through_the_statistics():
     z1 = torch.randn(4, 3, generator=g).requires_grad_()
     z2 = torch.randn(4, 3, generator=g).requires_grad_()
     model = _fixed(_model(), z1, z2)
+    model.on_train_start(4)
     model.loss(_batch([0, 1, 2, 3]))  # fills the momentum loss, so the second call has statistics to leak
     model.on_epoch_end(0)
     model.loss(_batch([0, 1, 2, 3]))["loss"].backward()
@@ -100,6 +103,7 @@ def test_no_gradient_flows_through_the_statistics():
 
 def test_strengths_are_zero_until_the_first_epoch_ends_survive_a_checkpoint_and_restart_with_training():
     model = _model()
+    model.on_train_start(8)
     assert torch.equal(model.augment_strength(torch.tensor([0, 5])).strength, torch.zeros(2))
     g = torch.Generator().manual_seed(5)
     for idx in ([0, 1, 2], [3, 4, 5]):
@@ -112,11 +116,13 @@ def test_strengths_are_zero_until_the_first_epoch_ends_survive_a_checkpoint_and_
     assert model.strength.mean().item() == pytest.approx(0.5, abs=1e-6)  # mean(w) = 1/2 by construction
     resumed = _model()
     resumed.load_state_dict(model.state_dict())
-    for name in ("shadow", "seen", "strength", "new_strength"):
+    for name in ("shadow", "seen", "strength"):
         assert torch.equal(getattr(resumed, name), getattr(model, name)), name
+    old = {k: v for k, v in model.state_dict().items()} | {"new_strength": torch.tensor(0.5)}  # before 2026-12-04
+    _model().load_state_dict(old)
     # A new training run (an expert started from these weights) indexes other images: its statistics start over.
-    resumed.on_train_start()
-    assert resumed.shadow.numel() == 0 and not resumed.seen.any()
+    resumed.on_train_start(6)
+    assert resumed.shadow.shape == resumed.seen.shape == resumed.strength.shape == (6,) and not resumed.seen.any()
     assert torch.equal(resumed.augment_strength(torch.tensor([5, 0])).strength, torch.zeros(2))
     assert _model(rand_ops=0).augment_strength(torch.tensor([0])) is None
 
@@ -144,23 +150,46 @@ def test_strength_zero_is_the_plain_recipe_and_strength_one_changes_views_most()
     assert change[1.0] > 0.05  # a quarter of the ops at full strength move whole images, not a few pixels
 
 
+@pytest.fixture(params=["grouped", "masked"])
+def extra_ops_path(request, monkeypatch):
+    """Both ways extra_ops runs a round: grouped (CPU) and masked (CUDA's), the latter forced onto the CPU."""
+    if request.param == "masked":
+        monkeypatch.setattr(augment, "SYNC_FREE_DEVICES", ("cpu",))
+    return request.param
+
+
 @pytest.mark.parametrize("shape", [(128, 1, 16, 16), (128, 3, 16, 16), (128, 1, 5, 7), (128, 3, 32, 24),
                                    (64, 3, 2, 3), (64, 1, 1, 1)])
-def test_extra_ops_keep_shape_and_range_for_any_channels_and_size(shape):
+def test_extra_ops_keep_shape_and_range_for_any_channels_and_size(shape, extra_ops_path):
     x = _digit_like(*shape)
-    out = extra_ops_(x.clone(), ExtraOps(torch.ones(shape[0]), num_ops=3), torch.Generator().manual_seed(1))
+    out = extra_ops(x.clone(), ExtraOps(torch.ones(shape[0]), num_ops=3), torch.Generator().manual_seed(1))
     assert out.shape == shape and out.dtype == torch.float32
     assert out.min().item() >= 0.0 and out.max().item() <= 1.0 and torch.isfinite(out).all()
     assert not torch.equal(out, x)
     # strength 0: untouched, bit for bit
-    assert torch.equal(extra_ops_(x.clone(), ExtraOps(torch.zeros(shape[0])), torch.Generator().manual_seed(1)), x)
+    assert torch.equal(extra_ops(x.clone(), ExtraOps(torch.zeros(shape[0])), torch.Generator().manual_seed(1)), x)
+
+
+@pytest.mark.parametrize("shape", [(300, 3, 16, 16), (300, 1, 5, 7), (90, 3, 2, 3)])
+def test_the_masked_round_gives_the_grouped_rounds_views(shape):
+    # The GPU's sync-free round must be the CPU's round, sample by sample: every op drawn, some samples skipped.
+    x = _digit_like(*shape, seed=3)
+    g = torch.Generator().manual_seed(5)
+    op = torch.randint(-1, len(EXTRA_OPS), (shape[0],), generator=g)
+    assert set(op.tolist()) == set(range(-1, len(EXTRA_OPS)))
+    magnitude, sign, at = torch.rand(shape[0], generator=g), torch.where(torch.rand(shape[0], generator=g) < 0.5, -1.0, 1.0), \
+        torch.rand(shape[0], 2, generator=g)
+    grouped = augment._grouped_round(x.clone(), op, magnitude, sign, at)
+    masked = augment._masked_round(x.clone(), op, magnitude, sign, at)
+    torch.testing.assert_close(masked, grouped, rtol=0, atol=1e-6)
+    assert torch.equal(masked[op == -1], x[op == -1])
 
 
 def test_bad_extra_ops_are_refused():
     with pytest.raises(ValueError, match="max_magnitude"):
         ExtraOps(torch.ones(2), max_magnitude=2.0)
     with pytest.raises(ValueError, match=r"\(B,\) strengths"):
-        extra_ops_(torch.rand(3, 1, 4, 4), ExtraOps(torch.ones(2)))
+        extra_ops(torch.rand(3, 1, 4, 4), ExtraOps(torch.ones(2)))
 
 
 def test_one_epoch_on_the_quickstart_digits(tmp_path):

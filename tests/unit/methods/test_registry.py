@@ -28,7 +28,9 @@ def test_method_builds_trains_one_step_and_owns_its_config(name):
     groups = model.param_groups(0.1)
     grouped = [p for g in groups for p in g["params"]]
     assert len(grouped) == len(set(map(id, grouped))) == len([p for p in model.parameters() if p.requires_grad])
-    out = model.loss(tiny_batch(model))
+    batch = tiny_batch(model)
+    model.on_train_start(batch.idx.numel())  # the hooks in the training loop's order
+    out = model.loss(batch)
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(p.grad is not None for p in model.backbone.parameters())
