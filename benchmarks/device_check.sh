@@ -4,8 +4,10 @@
 #   1. the CUDA-only tests (train loop sync window, CUDA k-means, bf16 on CUDA, augmentation generators, kNN's
 #      deterministic kernels);
 #   2. benchmarks/pipeline.py on the quickstart (every stage on CUDA, wall time per stage, a profiler trace);
-#   3. benchmarks/gpu.sh (SimSiam ResNet-18 throughput, TFLOP/s, memory, k-means, one epoch per stage).
-# Usage: benchmarks/device_check.sh OUT_DIR   (writes pytest.log, gpu.json, gpu.log, pipeline_cuda.json, pipeline.log)
+#   3. benchmarks/gpu.sh (SimSiam ResNet-18 throughput, TFLOP/s, memory, k-means, one epoch per stage);
+#   4. benchmarks/ops_per_step.py --time cuda (each method's step rate against SimCLR's, one process, alternating).
+# Usage: benchmarks/device_check.sh OUT_DIR   (writes pytest.log, gpu.json, gpu.log, pipeline_cuda.json, pipeline.log,
+# methods_cuda.json, methods.log). Session 6's whole call took 230 s.
 # The device machine's python3 has torch but not pydantic: carry its wheels in .whl/ (benchmarks/README.md says
 # how); they are installed to /tmp/site first. Each part has its own time limit, so one hang costs only its part.
 set -uo pipefail
@@ -33,4 +35,5 @@ part pytest 90 python3 -m pytest -q -p no:cacheprovider -rs tests/unit/test_trai
     tests/unit/test_train_precision.py tests/unit/test_data_augment.py tests/unit/test_evaluate.py
 part pipeline 120 python3 benchmarks/pipeline.py --run file:///tmp/lt-ssl-quickstart-cuda --trace /tmp/trace.json \
     --out "$out/pipeline_cuda.json"
-part gpu 380 env PYTHON=python3 benchmarks/gpu.sh "$out/gpu.json"
+part gpu 310 env PYTHON=python3 benchmarks/gpu.sh "$out/gpu.json"
+part methods 70 sh -c "python3 benchmarks/ops_per_step.py --time cuda > '$out/methods_cuda.json'"

@@ -13,7 +13,12 @@ step counters, which torch keeps on the host for CUDA parameters too. Each varia
 gives the config, so the counts are for the configs the results tables ran; the step runs after three warm-up
 epochs, so methods whose state starts in the first epoch (BCL's strengths) are counted in their steady state.
 
+With `--time DEVICE` it also times the same steps on that device (the variants alternating round by round, in
+the training loop's precision) and gives each variant's images/s and its rate as a ratio to the reference's: the
+check, on a GPU, of what the counts predict.
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/ops_per_step.py [--experiment experiments/methods_p100.yaml]
+    python3 benchmarks/ops_per_step.py --time cuda            # on a device machine (benchmarks/device_check.sh)
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import argparse
 import collections
 import contextlib
 import json
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from unittest import mock
 
 import torch
@@ -32,7 +39,8 @@ from lt_ssl.config import load_config
 from lt_ssl.data import augment
 from lt_ssl.experiment import load_experiment
 from lt_ssl.optim import build_optimizer
-from lt_ssl.pipeline.stages import new_method, ssl_step
+from lt_ssl.pipeline.stages import device_name, new_method, ssl_step
+from lt_ssl.train import bf16_native
 
 SYNCS = {"aten._local_scalar_dense"}  # what .item(), int(t), float(t) and bool(t) of a tensor dispatch
 
@@ -71,10 +79,11 @@ class TolistCounter:
         torch.Tensor.tolist = self._tolist
 
 
-def count_step(overrides: Sequence[str], config: str, batch: int | None, warmup_epochs: int = 3) -> dict:
-    """Operators and syncs of one steady-state training step of the config's method (pretrain settings)."""
+def steady_step(overrides: Sequence[str], config: str, batch: int | None, device: torch.device, bf16: bool,
+                warmup_epochs: int = 3) -> tuple[Callable[[dict | None], None], dict]:
+    """A steady-state training step of the config's method (pretrain settings) on `device`, after warm-up epochs,
+    as a function of the part counters (None: just run it); and the row's description. bf16: under bf16 autocast."""
     cfg = load_config(config, list(overrides))
-    device = torch.device("cpu")
     torch.manual_seed(0)
     model = new_method(cfg, cfg.method, device).train()
     t = cfg.pretrain
@@ -83,16 +92,17 @@ def count_step(overrides: Sequence[str], config: str, batch: int | None, warmup_
         group["foreach"] = True  # as torch chooses for CUDA parameters
     b = batch or t.batch_size
     images = torch.randint(0, 256, (b, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    idx = torch.arange(b)
+    images, idx = images.to(device), torch.arange(b, device=device)
     step = ssl_step(model, cfg, [0.5] * 3, [0.25] * 3)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)
     model.on_train_start(b)
+    epoch = 0
 
-    def one(epoch: int, counters: dict[str, OpCounter] | None = None) -> None:
+    def one(counters: dict[str, OpCounter] | None = None) -> None:
         def part(name: str):
             return counters[name] if counters else contextlib.nullcontext()
 
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             with part("augment_forward_loss"):
                 loss = step(images, idx, gen, epoch, epoch, warmup_epochs + 1)["loss"]
         with part("backward"):
@@ -104,16 +114,40 @@ def count_step(overrides: Sequence[str], config: str, batch: int | None, warmup_
             model.after_step()
 
     for epoch in range(warmup_epochs):
-        one(epoch)
+        one()
         model.on_epoch_end(epoch)
+    epoch = warmup_epochs
+    return one, {"method": cfg.method.name, "backbone": cfg.backbone, "batch": b}
+
+
+def count_step(overrides: Sequence[str], config: str, batch: int | None) -> dict:
+    """Operators and host syncs of one steady-state step, counted on the CPU along the CUDA code path."""
+    one, row = steady_step(overrides, config, batch, torch.device("cpu"), bf16=True)  # bf16: as on CUDA
     counters = {name: OpCounter() for name in ("augment_forward_loss", "backward", "optimizer", "after_step")}
     cuda_path = mock.patch.object(augment, "SYNC_FREE_DEVICES", (*augment.SYNC_FREE_DEVICES, "cpu"))
     with TolistCounter() as tolist, cuda_path:
-        one(warmup_epochs, counters)
+        one(counters)
     parts = {name: sum(c.ops.values()) for name, c in counters.items()}
     top = sum((c.ops for c in counters.values()), collections.Counter()).most_common(5)
-    return {"method": cfg.method.name, "backbone": cfg.backbone, "batch": b, "ops": sum(parts.values()), **parts,
+    return {**row, "ops": sum(parts.values()), **parts,
             "host_syncs": sum(c.syncs for n, c in counters.items() if n != "optimizer") + tolist.calls, "top_ops": top}
+
+
+def time_steps(steps: dict[str, Callable], device: torch.device, n: int, rounds: int) -> dict[str, float]:
+    """Seconds a step per variant: `n` steps a round, the variants alternating round by round; medians of rounds."""
+    def synced() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, one in steps.items():
+            start = synced()
+            for _ in range(n):
+                one()
+            seconds[name].append(synced() - start)
+    return {name: statistics.median(s) / n for name, s in seconds.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -122,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=None, help="images per step (default: the config's)")
     parser.add_argument("--variants", nargs="*", default=None, help="only these variants (default: all)")
     parser.add_argument("--reference", default="SimCLR", help="the variant the ratios are taken against")
+    parser.add_argument("--time", metavar="DEVICE", default=None,
+                        help="also time the steps on this device (cpu, cuda), in the training loop's precision")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps a round (with --time)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (with --time)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     exp = load_experiment(args.experiment)
@@ -135,6 +173,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for row in rows.values():
         row["ops_vs_reference"] = round(row["ops"] / ref["ops"], 2) if ref else None
     report = {"experiment": exp.path, "reference": args.reference, "torch": torch.__version__, "variants": rows}
+    if args.time:
+        device = torch.device(args.time)
+        steps = {v: steady_step(first[v].overrides, exp.config, args.batch, device, bf16_native(device))[0]
+                 for v in names}
+        per_step = time_steps(steps, device, args.steps, args.rounds)
+        for v, row in rows.items():
+            row["images_per_s"] = round(row["batch"] / per_step[v], 1)
+            row["rate_vs_reference"] = round(per_step[args.reference] / per_step[v], 2) if ref else None
+        report["timed"] = {"device": device_name(device), "steps": args.steps, "rounds": args.rounds,
+                           "bf16": bf16_native(device)}
     print(json.dumps(report, indent=1))
     return report
 

@@ -19,3 +19,11 @@ def test_no_method_of_the_grid_syncs_with_the_host_in_a_step_and_msns_ema_is_two
     assert msn["after_step"] == 2 and msn["backbone"] == "vit_tiny"
     assert all(row["ops"] == sum(row[p] for p in ("augment_forward_loss", "backward", "optimizer", "after_step"))
                for row in rows.values())
+
+
+def test_timing_gives_each_variant_a_rate_and_its_ratio_to_the_reference():
+    report = load_benchmark("ops_per_step").main(["--batch", "8", "--variants", "BCL", "--time", "cpu",
+                                                  "--steps", "1", "--rounds", "1"])
+    assert report["timed"]["device"].startswith("cpu") and set(report["variants"]) == {"SimCLR", "BCL"}
+    assert report["variants"]["SimCLR"]["rate_vs_reference"] == 1.0
+    assert all(row["images_per_s"] > 0 for row in report["variants"].values())
