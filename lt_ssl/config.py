@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -383,8 +384,15 @@ def _at(d: dict, key: str) -> tuple[dict, str]:
     return d, leaf
 
 
-def config_hash(cfg: Config) -> str:
-    """Identity of a resolved config: a stage done under another hash is not reused. Covers what changes results."""
+# The keys only the evaluate stage reads: how the trained models are probed, not how they are trained. Two runs
+# whose configs differ only here train the same models, so one may take the other's finished training stages
+# (pipeline/reuse.py). evaluate.batch_size is not one of them: the cluster stage extracts features in its batches.
+EVALUATE_ONLY = tuple(f"evaluate.{name}" for name in EvalConfig.model_fields if name != "batch_size")
+
+
+def config_hash(cfg: Config, ignore: Sequence[str] = ()) -> str:
+    """Identity of a resolved config: a stage done under another hash is not reused. Covers what changes results,
+    less the keys in `ignore`."""
     d = to_dict(cfg)
     defaults = to_dict(Config())
     for key in _ADDED_LATER:
@@ -392,8 +400,14 @@ def config_hash(cfg: Config) -> str:
         default, _ = _at(defaults, key)
         if node[leaf] == default[leaf]:
             del node[leaf]
-    for key in _NOT_IDENTITY:
+    for key in (*_NOT_IDENTITY, *ignore):
         node, leaf = _at(d, key)
-        del node[leaf]
+        node.pop(leaf, None)
     text = json.dumps(d, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_hash(cfg: Config) -> str:
+    """The identity of what a run trains: config_hash less EVALUATE_ONLY, the same for runs that differ only in
+    how they evaluate."""
+    return config_hash(cfg, EVALUATE_ONLY)

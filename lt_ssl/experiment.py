@@ -55,7 +55,8 @@ from .pipeline.report import GROUPS, eval_order, parse_results_row, parse_score_
 from .pipeline.forward_stop import ForwardStop
 from .stats import csv_mean_std, fmt_points, mean_std
 from .errors import EXIT_PREEMPTED, ConfigError, LtSslError
-from .pipeline.contract import MODEL_STAGES, SUCCESS, is_done, trained_models, training_stages
+from .pipeline.contract import CONFIG_KEY, MODEL_STAGES, SUCCESS, is_done, trained_models, training_stages
+from .pipeline.reuse import REUSED, reuse_stages
 from .store import normalize_uri, open_store
 
 _TOP_KEYS = ("name", "config", "overrides", "variants", "pending", "axes", "differences")
@@ -221,12 +222,20 @@ def tagged(cell_id: str, text: str) -> str:
     return f"[{cell_id}] {text}"
 
 
+def run_uris(prefix: str) -> list[str]:
+    """The runs directly under an experiment prefix (each folder with a config.yaml), as run URIs."""
+    return [f"{normalize_uri(prefix)}/{key.split('/', 1)[0]}" for key in open_store(prefix).list()
+            if key.count("/") == 1 and key.endswith(f"/{CONFIG_KEY}")]
+
+
 def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str | None = None,
-                   debug: bool = False, cells: Sequence[str] = ()) -> int:
+                   debug: bool = False, cells: Sequence[str] = (), reuse_from: Sequence[str] = ()) -> int:
     """Every non-pending cell as an `lt-ssl run`, `parallel` at a time with the cores shared between them.
 
     `cells`: shell patterns of cell ids (`*imbalance-100--split-0`); only matching cells run, so a grid too big
-    for one machine can be filled a slice at a time and reported as it fills."""
+    for one machine can be filled a slice at a time and reported as it fills. Before a cell runs, it takes the
+    finished training stages of a run that trains the same models (pipeline/reuse.py): another cell of this
+    experiment, or a run under one of the `reuse_from` prefixes (another experiment's)."""
     if parallel < 1:
         raise LtSslError(f"--parallel must be >= 1, got {parallel}")
     chosen = [c for c in exp.cells if not cells or any(fnmatch.fnmatchcase(c.id, pat) for pat in cells)]
@@ -243,12 +252,18 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
             print(f"[{cell.id}] finished; skipping", file=sys.stderr)
             continue
         todo.append(cell)
+    donors = [cell_uri(prefix, c) for c in exp.cells if not c.pending] + [u for p in reuse_from for u in run_uris(p)]
     pool = max(1, min(parallel, len(todo)))
     threads = max(1, cores() // pool)  # as the local runner does: share the cores, do not oversubscribe
     stop = ForwardStop()  # SIGTERM or Ctrl-C stops each running cell's runner, which stops its stages at a checkpoint
 
     def one(cell: Cell) -> int:
-        cmd = [sys.executable, "-m", "lt_ssl", "run", "--config", exp.config, "--run", cell_uri(prefix, cell)]
+        uri = cell_uri(prefix, cell)
+        copied = reuse_stages(open_store(uri), load_config(exp.config, list(cell.overrides)), donors)
+        if copied:
+            print(tagged(cell.id, f"reused {', '.join(copied)} from a run that trains the same models"),
+                  file=sys.stderr, flush=True)
+        cmd = [sys.executable, "-m", "lt_ssl", "run", "--config", exp.config, "--run", uri]
         cmd += (["--device", device] if device else []) + (["--debug"] if debug else []) + list(cell.overrides)
         proc = stop.start(lambda: subprocess.Popen(cmd, env=os.environ | {"LT_SSL_THREADS": str(threads)},
                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -470,11 +485,15 @@ def floor_rows(key: tuple, cells: list[Cell], configs: dict[str, Config], metric
     return out
 
 
-def compute_line(seconds: dict[str, dict[str, float]]) -> str:
-    """The experiment's cost so far: its finished cells and the stage time they took in all (stage_seconds)."""
-    total_h = sum(sum(by_stage.values()) for by_stage in seconds.values()) / 3600
-    return (f"Compute so far: {len(seconds)} finished cells, {total_h:.1f} h of stage time in all (the sum of every "
-            "stage process's wall time; cells that ran side by side overlap in wall-clock time).")
+def compute_line(successes: dict[str, dict[str, dict]]) -> str:
+    """The experiment's cost so far: its finished cells and the stage time they took in all. A stage copied from
+    another run (pipeline/reuse.py) cost nothing here: it is counted where it ran, not again."""
+    records = [s for by_task in successes.values() for s in by_task.values()]
+    reused = [s for s in records if REUSED in s]
+    total_h = sum(float(s.get("seconds") or 0.0) for s in records if REUSED not in s) / 3600
+    note = f"; {len(reused)} stage tasks reused from other runs are not counted" if reused else ""
+    return (f"Compute so far: {len(successes)} finished cells, {total_h:.1f} h of stage time in all (the sum of every "
+            f"stage process's wall time; cells that ran side by side overlap in wall-clock time{note}).")
 
 
 def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EVALS,
@@ -493,7 +512,7 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
              "stage process's wall time, so it depends on the machine, its load and the threads a cell had). "
              f"Base config `{exp.config}`; experiment file `{exp.path}`.", "",
              *([source, ""] if source else []),
-             *([compute_line(stage_seconds(successes)), code_line(successes), device_line(successes), ""]
+             *([compute_line(successes), code_line(successes), device_line(successes), ""]
                if successes is not None else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -624,6 +643,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's)")
     r.add_argument("--cells", nargs="+", default=(), metavar="PATTERN",
                    help="run only the cells whose id matches one of these shell patterns (default: all)")
+    r.add_argument("--reuse-from", nargs="+", default=(), metavar="PREFIX",
+                   help="other experiments' prefixes whose runs a cell may take its finished training stages from "
+                        "(this experiment's own cells always count)")
     ls = sub.add_parser("list", help="the cells: id, variant, overrides; with --prefix, whether each has finished")
     rep = sub.add_parser("report", help="mean ± std over splits and seeds as markdown, CSV and PNG")
     rep.add_argument("--out", default=None, help="folder for <name>.md/.csv/.png (default results/<name>)")
@@ -647,7 +669,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     exp = load_experiment(args.file)
     if args.experiment_command == "run":
-        return run_experiment(exp, args.prefix, args.parallel, args.device, args.debug, args.cells)
+        return run_experiment(exp, args.prefix, args.parallel, args.device, args.debug, args.cells, args.reuse_from)
     if args.experiment_command == "list":
         done = cell_metrics(exp, args.prefix) if args.prefix else {}
         for c in exp.cells:

@@ -22,17 +22,51 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+PROBE_CELL = "simsiam-c-d--protocol-balanced-subset--split-0"  # split 0's models, probed another way
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("exp").as_uri()
-    out = _cli("run", TINY, "--prefix", prefix, "--parallel", "2")
+    # The two splits side by side; then the cell that differs from split 0 only in its probe, which takes split 0's
+    # trained stages instead of training them again.
+    out = _cli("run", TINY, "--prefix", prefix, "--parallel", "2", "--cells", "simsiam-c-d--split-*")
     assert out.returncode == 0, out.stderr[-3000:]
+    probe = _cli("run", TINY, "--prefix", prefix)
+    assert probe.returncode == 0, probe.stderr[-3000:]
     exp = load_experiment(TINY)
     for cell in exp.cells:  # each cell's own output is shown as it comes, tagged with the cell's id
         if not cell.pending:
-            assert f"[{cell.id}] run: {cell_uri(prefix, cell)}" in out.stderr
-            assert f"[{cell.id}] $ lt-ssl stage pretrain" in out.stderr and f"[{cell.id}] done" in out.stderr
+            log = probe.stderr if cell.id == PROBE_CELL else out.stderr
+            assert f"[{cell.id}] run: {cell_uri(prefix, cell)}" in log and f"[{cell.id}] done" in log
+            trained = f"[{cell.id}] $ lt-ssl stage pretrain" in log
+            assert trained == (cell.id != PROBE_CELL), cell.id
+    assert f"[{PROBE_CELL}] reused prepare, pretrain, baseline, cluster, expert/" in probe.stderr
     return prefix, exp
+
+
+def test_a_cell_that_differs_only_in_its_probe_takes_the_trained_stages_and_evaluates_its_own_way(finished):
+    prefix, exp = finished
+    by_id = {c.id: c for c in exp.cells}
+    donor, taker = (open_store(cell_uri(prefix, by_id[i])) for i in ("simsiam-c-d--split-0", PROBE_CELL))
+    records = {k.rsplit("/", 1)[0]: taker.read_json(k) for k in taker.list() if k.endswith("/_SUCCESS.json")}
+    own_hash = records["evaluate"]["config_hash"]
+    assert own_hash != donor.read_json("evaluate/_SUCCESS.json")["config_hash"]  # another config: its own run
+    for task, record in records.items():
+        assert record["config_hash"] == own_hash, task  # every stage counts as done for this run's config
+        if task == "evaluate":
+            assert "reused_from" not in record
+        else:  # the work, its time and provenance are the donor's
+            assert record["reused_from"] == {"run": donor.uri, "config_hash": donor.read_json(
+                f"{task}/_SUCCESS.json")["config_hash"]}, task
+            assert record["seconds"] == donor.read_json(f"{task}/_SUCCESS.json")["seconds"]
+    assert {"prepare", "pretrain", "cluster", "distill"} <= set(records)
+    for key in ("pretrain/model.pt", "distill/model.pt", "prepare/subset.npy"):
+        assert taker.read_bytes(key) == donor.read_bytes(key)
+    assert not [k for k in taker.list() if "/ckpt/" in k]  # a finished stage's checkpoints stay behind
+    # Its own probe: the balanced subset, on the same student
+    assert taker.read_json("evaluate/metrics.json")["protocol"] == "balanced_subset"
+    assert donor.read_json("evaluate/metrics.json")["protocol"] == "full_balanced"
 
 
 def test_every_runnable_cell_finished_with_both_floors(finished):

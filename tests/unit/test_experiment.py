@@ -171,7 +171,11 @@ def test_compute_and_code_lines_read_the_cells_success_records():
                  "c": {"pretrain": ok(900, "838aa9ef05")}}
     assert stage_seconds(successes)["a"] == {"pretrain": 600, "expert": 150}  # an expert stage's tasks summed
     hours = (600 + 150 + 1260 + 900) / 3600
-    assert compute_line(stage_seconds(successes)).startswith(f"Compute so far: 3 finished cells, {hours:.1f} h")
+    assert compute_line(successes).startswith(f"Compute so far: 3 finished cells, {hours:.1f} h")
+    successes["c"]["pretrain"]["reused_from"] = {"run": "file:///elsewhere/c", "config_hash": "0123"}
+    assert compute_line(successes).startswith(f"Compute so far: 3 finished cells, {hours - 900 / 3600:.1f} h")
+    assert "1 stage tasks reused from other runs are not counted" in compute_line(successes)
+    assert stage_seconds(successes)["c"] == {"pretrain": 900}  # the row's train minutes: the model's own training
     assert code_line(successes) == "Code: git commit 838aa9e (2 cells), 5ba811e+838aa9e (1 cell)."
     assert code_line({}) == "Code: no finished cell yet."
 
