@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 
 import pytest
 
 from lt_ssl import differences
+from lt_ssl.config import load_config, training_hash
 from lt_ssl.errors import ConfigError
 from lt_ssl.experiment import (aggregate, cell_devices, code_line, compute_line, device_line, evals_in, load_experiment,
                                report_csv, report_markdown, stage_seconds)
+from tests.conftest import REPO
 
 BASE = "name: t\nconfig: configs/quickstart.yaml\n"
 
@@ -267,3 +270,14 @@ def test_a_sweep_is_paired_with_the_cells_that_keep_the_base_config_value(tmp_pa
                "cd--k-2--split-0": _metrics({"student": 0.73, "random": 0.3, "pixels": 0.5})}
     md = report_markdown(exp, aggregate(exp, metrics))
     assert "| CD | 2 | cluster.k of the base config | 1 | +3.0 | +3.0 | +1.5 | +1.5 | 1/1 | 1/1 |" in md  # split 0 only
+
+
+def test_the_probes_grid_trains_the_methods_grids_models_so_its_cells_reuse_their_training():
+    # experiments/probes_p100.yaml repeats its variants' overrides from methods_p100.yaml: this keeps them one fact.
+    methods, probes = (load_experiment(os.path.join(REPO, "experiments", f"{n}.yaml")) for n in ("methods_p100", "probes_p100"))
+    by_id = {c.id: c for c in methods.cells}
+    for cell in probes.cells:
+        cfg = load_config(probes.config, list(cell.overrides))
+        assert cfg.evaluate.extra_probes == ["head_layers", "finetune"]
+        twin = load_config(methods.config, list(by_id[cell.id].overrides))
+        assert training_hash(cfg) == training_hash(twin), cell.id
