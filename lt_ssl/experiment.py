@@ -259,9 +259,9 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
 
     def one(cell: Cell) -> int:
         uri = cell_uri(prefix, cell)
-        copied = reuse_stages(open_store(uri), load_config(exp.config, list(cell.overrides)), donors)
-        if copied:
-            print(tagged(cell.id, f"reused {', '.join(copied)} from a run that trains the same models"),
+        reused = reuse_stages(open_store(uri), load_config(exp.config, list(cell.overrides)), donors)
+        if reused.tasks:
+            print(tagged(cell.id, f"reused {', '.join(reused.tasks)} from {reused.donor} (it trains the same models)"),
                   file=sys.stderr, flush=True)
         cmd = [sys.executable, "-m", "lt_ssl", "run", "--config", exp.config, "--run", uri]
         cmd += (["--device", device] if device else []) + (["--debug"] if debug else []) + list(cell.overrides)

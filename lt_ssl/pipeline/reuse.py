@@ -16,8 +16,8 @@ What a copy is, so that every other part of the stage contract holds unchanged:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ..config import Config, config_hash, training_hash
 from ..errors import ConfigError, StageError
@@ -34,9 +34,14 @@ def stages_before_evaluate(cfg: Config) -> list[str]:
     return [name for name in plan.names if name in needed]
 
 
-def reuse_stages(store: Store, cfg: Config, donors: Sequence[str]) -> list[str]:
+class Reused(NamedTuple):
+    donor: str | None  # the run the stages came from
+    tasks: list[str]  # the stage task prefixes copied ("pretrain", "expert/0"), in plan order
+
+
+def reuse_stages(store: Store, cfg: Config, donors: Sequence[str]) -> Reused:
     """Copy into the run at `store` (config `cfg`) the finished training stages of the first donor run (run URIs)
-    whose config has cfg's training_hash; the stage task prefixes copied ("pretrain", "expert/0"), or []."""
+    whose config has cfg's training_hash and has any stage this run lacks."""
     want, chash = training_hash(cfg), config_hash(cfg)
     for uri in donors:
         donor = open_store(uri)
@@ -50,9 +55,8 @@ def reuse_stages(store: Store, cfg: Config, donors: Sequence[str]) -> list[str]:
             continue
         copied = _copy_finished(donor, config_hash(donor_cfg), store, cfg, chash)
         if copied:
-            print(f"[reuse] {', '.join(copied)} from {donor.uri}", file=sys.stderr)
-            return copied
-    return []
+            return Reused(donor.uri, copied)
+    return Reused(None, [])
 
 
 def _copy_finished(donor: Store, donor_hash: str, store: Store, cfg: Config, chash: str) -> list[str]:

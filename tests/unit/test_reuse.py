@@ -45,7 +45,7 @@ def test_a_run_that_differs_only_in_its_probe_takes_the_finished_stages_without_
     donor = _donor(tmp_path)
     store = open_store((tmp_path / "taker").as_uri())
     cfg = load_config(QUICKSTART, [*PLAIN, "evaluate.knn_k=20"])
-    assert reuse_stages(store, cfg, [store.uri, donor.uri]) == ["prepare", "pretrain"]  # itself is no donor
+    assert reuse_stages(store, cfg, [store.uri, donor.uri]) == (donor.uri, ["prepare", "pretrain"])  # not itself
     for stage in ("prepare", "pretrain"):
         assert store.read_bytes(f"{stage}/out.bin") == stage.encode()
         record = store.read_json(f"{stage}/_SUCCESS.json")
@@ -53,7 +53,7 @@ def test_a_run_that_differs_only_in_its_probe_takes_the_finished_stages_without_
         assert record[REUSED] == {"run": donor.uri, "config_hash": config_hash(load_config(QUICKSTART, PLAIN))}
     assert not [k for k in store.list() if "/ckpt/" in k]
     assert store.exists("config.yaml")
-    assert reuse_stages(store, cfg, [donor.uri]) == []  # nothing left to take
+    assert reuse_stages(store, cfg, [donor.uri]) == (None, [])  # nothing left to take
 
 
 @pytest.mark.parametrize("overrides", [["plan=plain", "pretrain.epochs=4"], ["plan=plain", "pretrain.epochs=3",
@@ -61,7 +61,7 @@ def test_a_run_that_differs_only_in_its_probe_takes_the_finished_stages_without_
 def test_a_run_that_trains_anything_differently_takes_nothing(tmp_path, overrides):
     donor = _donor(tmp_path)
     store = open_store((tmp_path / "taker").as_uri())
-    assert reuse_stages(store, load_config(QUICKSTART, overrides), [donor.uri, (tmp_path / "none").as_uri()]) == []
+    assert reuse_stages(store, load_config(QUICKSTART, overrides), [donor.uri, (tmp_path / "none").as_uri()]).tasks == []
     assert store.list() == []
 
 
@@ -69,10 +69,10 @@ def test_reuse_stops_at_a_stage_the_donor_has_not_finished_or_the_run_has_begun(
     cfg = load_config(QUICKSTART, [*PLAIN, "evaluate.knn_k=20"])
     unfinished = _donor(tmp_path, finished=("prepare",))
     taker = open_store((tmp_path / "taker").as_uri())
-    assert reuse_stages(taker, cfg, [unfinished.uri]) == ["prepare"]
+    assert reuse_stages(taker, cfg, [unfinished.uri]).tasks == ["prepare"]
     assert not taker.list("pretrain")
     begun = open_store((tmp_path / "begun").as_uri())
     begun.write_bytes("pretrain/ckpt/step-9.pt", b"this run's own progress")
-    assert reuse_stages(begun, cfg, [_donor(tmp_path / "full").uri]) == ["prepare"]
+    assert reuse_stages(begun, cfg, [_donor(tmp_path / "full").uri]).tasks == ["prepare"]
     assert begun.list("pretrain") == ["pretrain/ckpt/step-9.pt"]  # left alone: the run resumes it itself
     assert begun.read_bytes("pretrain/ckpt/step-9.pt") == b"this run's own progress"
