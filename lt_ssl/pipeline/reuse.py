@@ -11,7 +11,8 @@ What a copy is, so that every other part of the stage contract holds unchanged:
   provenance, device and seconds stay the donor's, which are the work's;
 - all of a stage or none of it (a fan-out stage: every task), in plan order, stopping at the first stage the
   donor has not finished or this run has begun itself (nothing of this run's is overwritten);
-- only from one donor: stages that read each other's outputs come from the same run.
+- only from one donor, and only into a run with no training stage of its own before them: stages that read
+  each other's outputs come from the same run.
 """
 
 from __future__ import annotations
@@ -62,13 +63,18 @@ def reuse_stages(store: Store, cfg: Config, donors: Sequence[str]) -> Reused:
 def _copy_finished(donor: Store, donor_hash: str, store: Store, cfg: Config, chash: str) -> list[str]:
     plan, copied = plan_of(cfg), []
     for name in stages_before_evaluate(cfg):
+        mine = store.list(name)
+        if mine:  # taken from this donor before (a rerun): go on; anything else is this run's own work: stop there,
+            # so that no stage of this run reads a stage of another run's
+            records = [store.read_json(k) for k in mine if k.endswith(f"/{SUCCESS}")]
+            if records and all((r.get(REUSED) or {}).get("run") == donor.uri for r in records):
+                continue
+            break
         stage = plan.stage(name)
         tasks = ([stage_prefix(name, k) for k in fan_out_ids(donor, plan, stage)] if stage.fan_out
                  else [stage_prefix(name)])
-        if all(is_done(store, task, chash) for task in tasks):
-            continue  # this run did it itself: the same work
-        if not all(is_done(donor, task, donor_hash) for task in tasks) or store.list(name):
-            break  # the donor has not finished it, or this run has begun it: the rest must be trained here
+        if not all(is_done(donor, task, donor_hash) for task in tasks):
+            break  # the rest must be trained here
         write_config_once(store, cfg)
         for task in tasks:
             keys = [k for k in donor.list(task) if "/ckpt/" not in f"/{k}" and not k.endswith(f"/{SUCCESS}")]

@@ -76,3 +76,18 @@ def test_reuse_stops_at_a_stage_the_donor_has_not_finished_or_the_run_has_begun(
     assert reuse_stages(begun, cfg, [_donor(tmp_path / "full").uri]).tasks == ["prepare"]
     assert begun.list("pretrain") == ["pretrain/ckpt/step-9.pt"]  # left alone: the run resumes it itself
     assert begun.read_bytes("pretrain/ckpt/step-9.pt") == b"this run's own progress"
+
+
+def test_a_run_with_its_own_first_stage_takes_nothing_and_a_rerun_copies_nothing_twice(tmp_path):
+    cfg = load_config(QUICKSTART, [*PLAIN, "evaluate.knn_k=20"])
+    donor = _donor(tmp_path)
+    own = open_store((tmp_path / "own").as_uri())
+    write_config_once(own, cfg)
+    own.write_bytes("prepare/out.bin", b"its own subset")
+    own.write_json("prepare/_SUCCESS.json", {"config_hash": config_hash(cfg), "seconds": 1.0})
+    assert reuse_stages(own, cfg, [donor.uri]).tasks == []  # its pretrain must read its own prepare
+    assert own.read_bytes("prepare/out.bin") == b"its own subset" and not own.list("pretrain")
+    taker = open_store((tmp_path / "taker").as_uri())
+    assert reuse_stages(taker, cfg, [donor.uri]).tasks == ["prepare", "pretrain"]
+    other = _donor(tmp_path / "twin")  # trains the same models: a rerun must not mix the two donors
+    assert reuse_stages(taker, cfg, [other.uri, donor.uri]) == (None, [])
