@@ -124,7 +124,7 @@ def markdown(entries: list[dict], row_axes: Sequence[str], evals: Sequence[str])
     lines = ["## Paired differences", "",
              "Row minus reference, in accuracy points, taken split by split (same data, same seed) and then averaged: "
              "mean ± sample std of the per-split differences. \"ahead\": in how many of the paired splits the row "
-             "is above its reference (kNN and linear, overall). With one split there is no std, and no evidence "
+             "is above its reference (each evaluation, overall). With one split there is no std, and no evidence "
              "either way beyond that split.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in entries:

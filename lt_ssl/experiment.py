@@ -378,7 +378,13 @@ def cell_devices(successes: dict[str, dict[str, dict]], named: bool = False) -> 
         name = success.get("device_name")
         return f"{kind} ({name.removeprefix('cpu: ')})" if named and name else kind
 
-    return {cid: "+".join(sorted({label(s) for s in by_task.values()})) for cid, by_task in successes.items()}
+    def labels(by_task: dict[str, dict]) -> str:
+        found = {label(s) for s in by_task.values()}
+        # a record older than device_name is taken to be the named one of its type, where the cell has one
+        found -= {kind for kind in found if any(other.startswith(f"{kind} (") for other in found)}
+        return "+".join(sorted(found))
+
+    return {cid: labels(by_task) for cid, by_task in successes.items()}
 
 
 def device_line(successes: dict[str, dict[str, dict]]) -> str:
@@ -523,8 +529,8 @@ def report_markdown(exp: Experiment, rows: list[dict], evals: Sequence[str] = EV
         lines.append("| " + " | ".join([r["row"], *[str(r[k]) for k in row_axes], done, *device, minutes, *cells])
                      + " |")
     if entries is None:
-        entries = differences.paired(exp.differences, rows, row_axes, EVALS)
-    paired = differences.markdown(entries, row_axes, EVALS)
+        entries = differences.paired(exp.differences, rows, row_axes, evals)
+    paired = differences.markdown(entries, row_axes, evals)
     return "\n".join(lines) + "\n" + (f"\n{paired}" if paired else "")
 
 
@@ -557,14 +563,14 @@ def report(exp: Experiment, prefix: str | None, out_dir: str | Path, log: str | 
     rows = aggregate(exp, metrics, evals, None if successes is None else stage_seconds(successes),
                      None if successes is None else cell_devices(successes))
     row_axes = [k for k in exp.axes if k not in REPEAT_KEYS]
-    entries = differences.paired(exp.differences, rows, row_axes, EVALS)
+    entries = differences.paired(exp.differences, rows, row_axes, evals)  # the extra probes' too, where run
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{exp.name}.md").write_text(report_markdown(exp, rows, evals, successes, source, entries)
                                         + f"\n![{exp.name}]({exp.name}.png)\n")
     (out / f"{exp.name}.csv").write_text(report_csv(exp, rows, evals))
     if exp.differences:
-        (out / f"{exp.name}_differences.csv").write_text(differences.csv_text(entries, row_axes, EVALS))
+        (out / f"{exp.name}_differences.csv").write_text(differences.csv_text(entries, row_axes, evals))
     labels = [" ".join([r["row"], *[f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in row_axes]]) for r in rows]
     (out / f"{exp.name}.png").write_bytes(experiment_bars_png(
         {lab: {e: r[f"{e}_top1"] for e in EVALS} for lab, r in zip(labels, rows)}))

@@ -132,6 +132,21 @@ def test_report_carries_the_extra_probes_and_their_not_applicable_rows(tmp_path)
     assert "finetune_top1_mean" in report_csv(exp, rows, evals).splitlines()[0]
 
 
+def test_paired_differences_cover_the_extra_probes_the_cells_report(tmp_path):
+    exp = _exp(tmp_path, "variants:\n  S: {}\n  G: {}\naxes:\n  split: [0, 1]\n"
+                         "differences:\n  - {by: variant, reference: S}\n")
+    rep = lambda v: {g: v for g in ("top1", "many", "medium", "few")}  # noqa: E731
+    metrics = {}
+    for c in exp.cells:  # G's P1 is 3 points below S's on both splits, its kNN level
+        metrics[c.id] = _metrics({"base": 0.8, "random": 0.3, "pixels": 0.5})
+        metrics[c.id]["models"]["base"]["linear_p1"] = rep(0.85 if c.variant == "S" else 0.82)
+    evals = evals_in(metrics)
+    md = report_markdown(exp, aggregate(exp, metrics, evals), evals)
+    diff = md.split("## Paired differences")[1]
+    assert "linear_p1 all" in diff and "linear_p1 all ahead" in diff
+    assert "| G | S | 2 | 0.0 ± 0.0 | 0.0 ± 0.0 | 0.0 ± 0.0 | 0.0 ± 0.0 | -3.0 ± 0.0 | -3.0 ± 0.0 | 0/2 | 0/2 | 0/2 |" in diff
+
+
 def test_a_grid_s_overrides_apply_to_its_cells_and_a_from_variant_skips_cells_without_its_model(tmp_path):
     # Experiment II's K sweep: the same-budget baseline (the `from` variant S) is trained only in the K=3 grid.
     exp = _exp(tmp_path, "overrides: [baseline.enabled=true]\n"
@@ -194,6 +209,9 @@ def test_devices_are_counted_per_cell_and_shown_per_row_only_where_a_table_mixes
     assert device_line(successes) == ("Device: cuda (NVIDIA H200) (1 cell), cpu (1 cell), cpu (AMD EPYC) (1 cell), "
                                       "cpu+cuda (1 cell).")
     assert device_line({}) == "Device: no finished cell yet."
+    # a cell whose older records (reused from another run) lack the name: the named one of the same type
+    mixed = {"c": {"pretrain": on("cpu"), "evaluate": on("cpu", "cpu: AMD EPYC")}}
+    assert cell_devices(mixed, named=True) == {"c": "cpu (AMD EPYC)"}
 
     exp = _exp(tmp_path, "variants:\n  A: {}\n  B: {}\naxes:\n  split: [0, 1]\n")
     metrics = {c.id: _metrics({"base": 0.7, "random": 0.3, "pixels": 0.5}) for c in exp.cells}
