@@ -130,10 +130,17 @@ class BCL(SimCLR):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint's buffers have the length of the set it was trained on; take that length before loading.
-        # Checkpoints from before 2026-12-04 also carry new_strength, the strength of a buffer grown mid-epoch.
-        state_dict.pop(prefix + "new_strength", None)
+        # Checkpoints from before 2026-12-04 grew them only to the largest index seen, and kept the strength of an
+        # index beyond them in new_strength: padded to this run's length (on_train_start's) with it, they resume
+        # as they would have.
+        beyond = state_dict.pop(prefix + "new_strength", None)
         for name in ("shadow", "seen", "strength"):
             saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.zeros(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
+            if saved is None:
+                continue
+            missing = getattr(self, name).numel() - saved.numel()
+            if beyond is not None and missing > 0:
+                fill = beyond.item() if name == "strength" else 0
+                state_dict[prefix + name] = saved = torch.cat([saved, saved.new_full((missing,), fill)])
+            setattr(self, name, torch.zeros(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

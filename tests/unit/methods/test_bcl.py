@@ -118,8 +118,14 @@ def test_strengths_are_zero_until_the_first_epoch_ends_survive_a_checkpoint_and_
     resumed.load_state_dict(model.state_dict())
     for name in ("shadow", "seen", "strength"):
         assert torch.equal(getattr(resumed, name), getattr(model, name)), name
-    old = {k: v for k, v in model.state_dict().items()} | {"new_strength": torch.tensor(0.5)}  # before 2026-12-04
-    _model().load_state_dict(old)
+    # A checkpoint from before 2026-12-04: buffers grown to the largest index seen, new_strength for those beyond.
+    old = {k: (v[:6] if k in ("shadow", "seen", "strength") else v) for k, v in model.state_dict().items()}
+    older = _model()
+    older.on_train_start(8)  # this run's 8 images
+    older.load_state_dict(old | {"new_strength": torch.tensor(0.5)})
+    assert torch.equal(older.strength, torch.cat([model.strength[:6], torch.full((2,), 0.5)]))
+    assert torch.equal(older.seen, torch.cat([model.seen[:6], torch.zeros(2, dtype=torch.bool)]))
+    assert torch.equal(older.shadow[:6], model.shadow[:6]) and not older.shadow[6:].any()
     # A new training run (an expert started from these weights) indexes other images: its statistics start over.
     resumed.on_train_start(6)
     assert resumed.shadow.shape == resumed.seen.shape == resumed.strength.shape == (6,) and not resumed.seen.any()
