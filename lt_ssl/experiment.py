@@ -242,7 +242,7 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
     if not chosen:
         raise LtSslError(f"--cells {' '.join(cells)} matches no cell of {exp.name}; `lt-ssl experiment list` "
                          "shows the ids")
-    todo = []
+    todo, configs = [], {}
     for cell in chosen:  # every config is checked before the first cell starts
         if cell.pending:
             print(f"[{cell.id}] pending (variant {cell.variant!r} listed under `pending`); not run", file=sys.stderr)
@@ -252,6 +252,7 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
             print(f"[{cell.id}] finished; skipping", file=sys.stderr)
             continue
         todo.append(cell)
+        configs[cell.id] = cfg
     donors = [cell_uri(prefix, c) for c in exp.cells if not c.pending] + [u for p in reuse_from for u in run_uris(p)]
     pool = max(1, min(parallel, len(todo)))
     threads = max(1, cores() // pool)  # as the local runner does: share the cores, do not oversubscribe
@@ -259,7 +260,7 @@ def run_experiment(exp: Experiment, prefix: str, parallel: int = 1, device: str 
 
     def one(cell: Cell) -> int:
         uri = cell_uri(prefix, cell)
-        reused = reuse_stages(open_store(uri), load_config(exp.config, list(cell.overrides)), donors)
+        reused = reuse_stages(open_store(uri), configs[cell.id], donors)
         if reused.tasks:
             print(tagged(cell.id, f"reused {', '.join(reused.tasks)} from {reused.donor} (it trains the same models)"),
                   file=sys.stderr, flush=True)
