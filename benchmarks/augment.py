@@ -67,14 +67,42 @@ def images_per_second(step: Callable[[], int]) -> float:
     return done / (time.perf_counter() - start)
 
 
+def extra_ops_rounds(batch: int, size: int, rounds: int) -> dict:
+    """BCL's extra ops (lt_ssl.data.augment.extra_ops) at strengths U(0, 1) on float views: the grouped round the CPU
+    runs against the masked round CUDA runs (every op on the whole batch), alternating in this process; medians."""
+    from unittest import mock
+
+    from lt_ssl.data import augment
+    from lt_ssl.data.augment import ExtraOps, extra_ops
+
+    g = torch.Generator().manual_seed(0)
+    views, extra = torch.rand(batch, 3, size, size, generator=g), ExtraOps(torch.rand(batch, generator=g))
+    seconds: dict[str, list[float]] = {"grouped": [], "masked": []}
+    for _ in range(rounds):
+        for path, devices in (("grouped", ()), ("masked", ("cpu",))):
+            with mock.patch.object(augment, "SYNC_FREE_DEVICES", devices):
+                start = time.perf_counter()
+                extra_ops(views.clone(), extra, g)
+                seconds[path].append(time.perf_counter() - start)
+    grouped, masked = (statistics.median(seconds[k]) for k in ("grouped", "masked"))
+    return {"batch": batch, "size": size, "rounds": rounds, "grouped_ms": round(1e3 * grouped, 2),
+            "masked_ms": round(1e3 * masked, 2), "masked_vs_grouped": round(masked / grouped, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=2048, help="images per timed pass")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 compares one core with one core")
     parser.add_argument("--rounds", type=int, default=7, help="timed passes of each pipeline, interleaved")
+    parser.add_argument("--bcl-extra-ops", action="store_true",
+                        help="instead: BCL's extra ops, the CPU's grouped round against CUDA's masked one, at 16 px")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.bcl_extra_ops:
+        print(json.dumps({**extra_ops_rounds(args.batch_size, 16, args.rounds), "threads": args.threads,
+                          "torch": torch.__version__, "load_average_1min": round(os.getloadavg()[0], 2)}, indent=2))
+        return
 
     cfg = AugmentConfig()
     hwc = cifar_like(args.n, seed=0)

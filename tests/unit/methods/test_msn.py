@@ -116,6 +116,8 @@ def test_ema_update_by_hand_with_the_linear_momentum_schedule():
     model.after_step()
     for o, t, new in zip(online, target, model.target_backbone.parameters()):
         assert torch.allclose(new, m * t + (1 - m) * o, atol=1e-6)
+        # the foreach update rounds as the per-tensor t.mul_(m).add_(p, alpha=1 - m) it replaced, bit for bit
+        assert torch.equal(new, t.clone().mul_(m).add_(o, alpha=1.0 - m))
 
 
 def _toy_assignment(prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
